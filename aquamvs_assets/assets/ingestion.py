@@ -1,0 +1,121 @@
+"""Ingestion assets: the survey calibration and the undistorted frames."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+
+from aquamvs_assets.partitions import frame_partitions
+from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
+from aquamvs_core.ingest import Undistorter, ingest_frames, write_calibration
+from aquamvs_core.pairs import select_pairs
+from aquamvs_core.preview import encode_png, mosaic
+from aquamvs_core.survey import frame_index
+
+FRAMES_CHECK = "frames_complete"
+
+
+def _png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+@dg.asset(
+    group_name="ingestion",
+    kinds={"zarr"},
+    description="The validated AquaCal calibration, undistorted intrinsics and per-camera validity "
+    "masks, written to the store. Its data version is the calibration's content hash.",
+)
+def survey_calibration(
+    context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
+) -> dg.MaterializeResult:
+    spec = survey.spec()
+    rig = survey.rig()
+    undistorter = Undistorter.for_rig(rig)
+    write_calibration(store.get(), rig, undistorter)
+    pairs = select_pairs(rig, spec.pair_neighbours)
+    masks = undistorter.valid_masks
+    context.log.info(f"calibration {rig.short_hash}: {len(rig.cameras)} cameras, {len(pairs)} pairs")
+    w, h = rig.image_size
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(rig.content_hash),
+        metadata={
+            "calibration_hash": rig.content_hash,
+            "source": dg.MetadataValue.path(rig.source),
+            "cameras": len(rig.cameras),
+            "auxiliary_cameras": dg.MetadataValue.json(rig.auxiliary_names),
+            "image_size": f"{w}x{h}",
+            "water_z_m": rig.interface.water_z,
+            "n_water": rig.interface.n_water,
+            "camera_pairs": len(pairs),
+            "valid_fraction": dg.MetadataValue.json(
+                {n: round(float(m.mean()), 4) for n, m in masks.items()}
+            ),
+            "store": store.root,
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=frame_partitions,
+    deps=[survey_calibration],
+    group_name="ingestion",
+    kinds={"zarr"},
+    code_version="1",
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=16),
+    check_specs=[dg.AssetCheckSpec(FRAMES_CHECK, asset="frames", description="Every camera's image was "
+                                   "written completely, with the expected size and calibration hash.")],
+    description="Undistorted RGB frames of every camera, one Zarr group per survey frame.",
+)
+def frames(
+    context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
+) -> dg.MaterializeResult:
+    zarr_store = store.get()
+    keys = context.partition_keys
+    with survey.open() as sv:
+        stored = zarr_store.read_calibration() if zarr_store.has_calibration() else None
+        if stored is None or stored.get("calibration_hash") != sv.rig.content_hash:
+            raise dg.Failure(
+                f"the store at {store.root} holds no calibration matching {sv.rig.source} "
+                f"(hash {sv.rig.short_hash}); materialize survey_calibration first"
+            )
+        records = ingest_frames(
+            sv,
+            zarr_store,
+            [frame_index(k) for k in keys],
+            on_frame=lambda r, n, total: context.log.info(
+                f"frame {r.key}: {len(r.cameras)} cameras undistorted and stored ({n}/{total}, {r.seconds:.2f} s)"
+            ),
+        )
+        w, h = sv.rig.image_size
+        expected = set(sv.rig.camera_names)
+        problems = []
+        for r in records:
+            attrs = zarr_store.frame_attrs(r.key)
+            images = zarr_store.read_frame(r.key)
+            if set(images) != expected:
+                problems.append(f"{r.key}: cameras {sorted(images)} != {sorted(expected)}")
+            bad = [c for c, im in images.items() if im.shape != (h, w, 3)]
+            if bad:
+                problems.append(f"{r.key}: wrong image shape for {bad}")
+            if attrs.get("calibration_hash") != sv.rig.content_hash:
+                problems.append(f"{r.key}: calibration hash mismatch")
+        preview = _png_markdown(encode_png(mosaic(images, tile_width=160)), f"frame {records[-1].key}")
+    return dg.MaterializeResult(
+        metadata={
+            "frames": dg.MetadataValue.json([r.key for r in records]),
+            "cameras": len(expected),
+            "image_size": f"{w}x{h}",
+            "seconds_per_frame": round(sum(r.seconds for r in records) / len(records), 3),
+            "calibration_hash": sv.rig.content_hash,
+            "store_path": f"{store.root}/frames/{records[-1].key}",
+            "preview": preview,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=FRAMES_CHECK,
+                passed=not problems,
+                metadata={"problems": dg.MetadataValue.json(problems), "frames_checked": len(records)},
+            )
+        ],
+    )

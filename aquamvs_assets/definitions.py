@@ -1,0 +1,46 @@
+"""The code location: ``defs`` for the survey named by ``$AQUAMVS_SURVEY`` (default: the built-in
+synthetic demo, generated on first load). Several rigs are several code locations, each a module
+that calls :func:`build_definitions` with its survey file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import dagster as dg
+
+from aquamvs_assets.assets.ingestion import frames, survey_calibration
+from aquamvs_assets.jobs import frames_job, ingest_job
+from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
+from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
+from aquamvs_assets.sensors import new_frames_sensor
+from aquamvs_core.survey import load_survey_spec
+
+log = logging.getLogger("aquamvs.definitions")
+
+
+def build_definitions(survey_file: str | Path) -> dg.Definitions:
+    """Definitions for one survey (one rig): its assets, jobs, sensor and resources."""
+    spec = load_survey_spec(survey_file)
+    return dg.Definitions(
+        assets=[survey_calibration, frames],
+        jobs=[ingest_job, frames_job],
+        sensors=[new_frames_sensor],
+        resources={
+            "survey": SurveyResource(survey_file=str(Path(survey_file).resolve())),
+            "store": ZarrStoreResource(root=spec.store),
+        },
+    )
+
+
+def _load_default() -> dg.Definitions:
+    survey_file = default_survey_file()
+    if not survey_file.exists() and survey_file.parent == DEMO_SURVEY_DIR:
+        from aquamvs_core.synthetic import generate_survey
+
+        log.warning("built-in demo survey not found: generating it in %s", DEMO_SURVEY_DIR)
+        generate_survey(DEMO_SURVEY_DIR)
+    return build_definitions(survey_file)
+
+
+defs = _load_default()

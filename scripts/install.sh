@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv and install the project. torch comes first and ONLY as torch==2.13.0 (a CPU wheel
+# here); the project's own requirements never name torch, so pip cannot swap in a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.aquamvs-installed
+want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0  # already installed for this pyproject
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python - <<'PY'
+import torch
+assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__version__}"
+PY
+echo "$want" > "$stamp"
+echo "installed into .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
