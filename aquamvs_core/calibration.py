@@ -307,16 +307,18 @@ def parse_calibration(
         if np.abs(K[2] - np.array([0.0, 0.0, 1.0])).max() > 1e-9 or K[1, 0] != 0:
             raise v.fail(f"{f}.intrinsics.K", f"last row must be [0, 0, 1] and K[1,0] zero, got {K.tolist()}")
         is_fisheye = bool(intr.get("is_fisheye", False))
-        dist = v.array(v.get(intr, "dist_coeffs", f"{f}.intrinsics.dist_coeffs"), f"{f}.intrinsics.dist_coeffs")
-        dist = dist.ravel()
+        dist_field = f"{f}.intrinsics.dist_coeffs"
+        dist = v.array(v.get(intr, "dist_coeffs", dist_field), dist_field).ravel()
         allowed = (4,) if is_fisheye else (5, 8)
         if dist.size not in allowed:
             kind = "fisheye" if is_fisheye else "pinhole"
-            raise v.fail(f"{f}.intrinsics.dist_coeffs", f"{kind} model needs {allowed} coefficients, got {dist.size}")
+            raise v.fail(dist_field, f"{kind} model needs {allowed} coefficients, got {dist.size}")
         size_raw = v.get(intr, "image_size", f"{f}.intrinsics.image_size")
         size = v.array(size_raw, f"{f}.intrinsics.image_size", (2,))
         if np.any(size <= 0) or np.any(size != np.round(size)):
-            raise v.fail(f"{f}.intrinsics.image_size", f"must be two positive integers [width, height], got {size_raw}")
+            raise v.fail(
+                f"{f}.intrinsics.image_size", f"must be two positive integers [width, height], got {size_raw}"
+            )
         image_size = (int(size[0]), int(size[1]))
 
         extr = v.get(raw, "extrinsics", f"{f}.extrinsics")

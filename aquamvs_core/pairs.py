@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from aquamvs_core.calibration import Rig
+from aquamvs_core.refraction import RefractiveCamera, point_at_ray_depth, world_z_to_ray_depth
 
 
 @dataclass(frozen=True, order=True)
@@ -54,3 +56,20 @@ def select_pairs(rig: Rig, k: int = 4, include_auxiliary: bool = True) -> list[C
         if include_auxiliary:
             pairs.extend(CameraPair(ref, aux) for aux in rig.auxiliary_names)
     return pairs
+
+
+def pair_overlap(ref: RefractiveCamera, src: RefractiveCamera, bottom_z: float, grid: int = 48) -> float:
+    """Fraction of ``ref``'s image whose view of the plane ``Z = bottom_z`` (world, metres) is also
+    inside ``src``'s image, through the water. Both cameras need ``image_size``.
+
+    A ``grid`` × ``grid`` lattice of ``ref`` pixels is cast to the plane and projected into ``src``.
+    """
+    w, h = ref.image_size
+    u = torch.linspace(0, w - 1, grid, dtype=torch.float64)
+    v = torch.linspace(0, h - 1, grid, dtype=torch.float64)
+    pixels = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1).reshape(-1, 2)
+    origins, directions, valid = ref.cast_ray(pixels)
+    depth = world_z_to_ray_depth(directions, torch.full_like(pixels[:, 0], bottom_z), ref.water_z)
+    uv, ok = src.project(point_at_ray_depth(origins, directions, depth))
+    seen = valid & ok & src.in_image(uv)
+    return float(seen.double().mean())

@@ -94,7 +94,8 @@ class RefractiveCamera:
         self.center = -self.R.T @ self.t
         if not self.center[2] < self.water_z:
             raise ValueError(
-                f"camera centre Z={float(self.center[2]):.4f} m is not above the water surface Z={self.water_z}"
+                f"camera centre Z={float(self.center[2]):.4f} m is not above "
+                f"the water surface Z={self.water_z}"
             )
         if not (self.n_air > 0 and self.n_water > 0):
             raise ValueError("refractive indices must be positive")
@@ -114,9 +115,8 @@ class RefractiveCamera:
     def _params(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (like.device, like.dtype)
         if key not in self._cache:
-            self._cache[key] = tuple(
-                x.to(device=like.device, dtype=like.dtype) for x in (self.K, self.K_inv, self.R, self.t, self.center)
-            )
+            params = (self.K, self.K_inv, self.R, self.t, self.center)
+            self._cache[key] = tuple(x.to(device=like.device, dtype=like.dtype) for x in params)
         return self._cache[key]
 
     @staticmethod

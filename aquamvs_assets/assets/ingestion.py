@@ -48,9 +48,7 @@ def survey_calibration(
             "water_z_m": rig.interface.water_z,
             "n_water": rig.interface.n_water,
             "camera_pairs": len(pairs),
-            "valid_fraction": dg.MetadataValue.json(
-                {n: round(float(m.mean()), 4) for n, m in masks.items()}
-            ),
+            "valid_fraction": dg.MetadataValue.json({n: round(float(m.mean()), 4) for n, m in masks.items()}),
             "store": store.root,
         },
     )
@@ -63,8 +61,14 @@ def survey_calibration(
     kinds={"zarr"},
     code_version="1",
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=16),
-    check_specs=[dg.AssetCheckSpec(FRAMES_CHECK, asset="frames", description="Every camera's image was "
-                                   "written completely, with the expected size and calibration hash.")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            FRAMES_CHECK,
+            asset="frames",
+            description="Every camera's image was "
+            "written completely, with the expected size and calibration hash.",
+        )
+    ],
     description="Undistorted RGB frames of every camera, one Zarr group per survey frame.",
 )
 def frames(
@@ -84,7 +88,8 @@ def frames(
             zarr_store,
             [frame_index(k) for k in keys],
             on_frame=lambda r, n, total: context.log.info(
-                f"frame {r.key}: {len(r.cameras)} cameras undistorted and stored ({n}/{total}, {r.seconds:.2f} s)"
+                f"frame {r.key}: {len(r.cameras)} cameras undistorted and stored "
+                f"({n}/{total}, {r.seconds:.2f} s)"
             ),
         )
         w, h = sv.rig.image_size
