@@ -172,7 +172,8 @@ def calibration_hash(cameras: dict[str, CameraCalibration], interface: Interface
     keeps the hash."""
 
     def canon(a: Any) -> Any:
-        return [float(f"{x:.12g}") for x in np.asarray(a, dtype=float).ravel()]
+        # "+ 0.0" folds -0.0 into 0.0: the same geometry must not hash differently.
+        return [float(f"{x:.12g}") + 0.0 for x in np.asarray(a, dtype=float).ravel()]
 
     payload = {
         "interface": canon([interface.water_z, interface.n_air, interface.n_water]),

@@ -123,7 +123,7 @@ class RefractiveCamera:
     def _check(x: torch.Tensor, last: int, what: str) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{what} must be a floating-point torch tensor")
-        if x.shape[-1] != last:
+        if x.ndim == 0 or x.shape[-1] != last:
             raise ValueError(f"{what} must have shape (..., {last}), got {tuple(x.shape)}")
 
     # ---------------------------------------------------------------------------------------
@@ -233,9 +233,10 @@ class RefractiveCamera:
         camera, and where the solve did not converge. Pixels outside the image are still ``valid``
         here; use :meth:`in_image` for that test.
         """
-        K, _, R, t, _ = self._params(points)
+        self._check(points, 3, "points")
+        K, _, R, _, center = self._params(points)
         crossings, valid = self.refraction_points(points)
-        p_cam = crossings @ R.T + t
+        p_cam = (crossings - center) @ R.T  # = R·Q + t, without the cancellation
         z = p_cam[..., 2]
         valid = valid & (z > 0)
         z_safe = torch.where(valid, z, torch.ones_like(z))
