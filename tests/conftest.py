@@ -1,0 +1,56 @@
+"""Shared fixtures. Keep small; prefix fixture names by the area that owns them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+
+def _aquacal_dict(
+    cameras: Sequence[str] = ("cam0", "cam1", "cam2"),
+    image_size: tuple[int, int] = (64, 48),
+    water_z: float = 0.5,
+) -> dict[str, Any]:
+    """A valid AquaCal "1.0" dict: cameras 0.1 m apart along X at Z = 0, looking down (R = I)."""
+    w, h = image_size
+    out: dict[str, Any] = {"version": "1.0", "cameras": {}}
+    for i, name in enumerate(cameras):
+        center = np.array([0.1 * i, 0.0, 0.0])
+        R = np.eye(3)
+        out["cameras"][name] = {
+            "name": name,
+            "intrinsics": {
+                "K": [[60.0, 0.0, w / 2], [0.0, 60.0, h / 2], [0.0, 0.0, 1.0]],
+                "dist_coeffs": [0.01, -0.002, 0.0, 0.0, 0.0],
+                "image_size": [w, h],
+            },
+            "extrinsics": {"R": R.tolist(), "t": (-R @ center).tolist()},
+            "water_z": water_z,
+        }
+    out["interface"] = {"normal": [0.0, 0.0, -1.0], "n_air": 1.0, "n_water": 1.333}
+    return out
+
+
+def _textured_frames(n: int, width: int = 64, height: int = 48, seed: int = 0) -> list[np.ndarray]:
+    """``n`` (H, W, 3) uint8 RGB frames of a smooth random texture moving 1 px down and 2 px right
+    per frame (compressible, so H.264 makes P/B frames, unlike pure noise)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 4 + 2, width // 4 + 2, 3), dtype=np.uint8)
+    big = cv2.resize(coarse, (width + 2 * n + 8, height + n + 8), interpolation=cv2.INTER_CUBIC)
+    return [np.ascontiguousarray(big[i : i + height, 2 * i : 2 * i + width]) for i in range(n)]
+
+
+@pytest.fixture
+def survey_aquacal_dict() -> Callable[..., dict[str, Any]]:
+    """Factory ``(cameras=..., image_size=(w, h), water_z=0.5) -> AquaCal dict``."""
+    return _aquacal_dict
+
+
+@pytest.fixture
+def frames_textured() -> Callable[..., list[np.ndarray]]:
+    """Factory ``(n, width=64, height=48, seed=0) -> list of RGB frames``."""
+    return _textured_frames
