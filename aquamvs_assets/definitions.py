@@ -10,10 +10,14 @@ from pathlib import Path
 import dagster as dg
 
 from aquamvs_assets.assets.ingestion import frames, survey_calibration
+from aquamvs_assets.assets.pairs import build_pair_geometry_asset
 from aquamvs_assets.jobs import frames_job, ingest_job
+from aquamvs_assets.partitions import camera_pair_partitions
 from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
+from aquamvs_core.calibration import load_calibration
+from aquamvs_core.pairs import select_pairs
 from aquamvs_core.survey import load_survey_spec
 
 log = logging.getLogger("aquamvs.definitions")
@@ -22,8 +26,10 @@ log = logging.getLogger("aquamvs.definitions")
 def build_definitions(survey_file: str | Path) -> dg.Definitions:
     """Definitions for one survey (one rig): its assets, jobs, sensor and resources."""
     spec = load_survey_spec(survey_file)
+    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pair_partitions = camera_pair_partitions(pairs)
     return dg.Definitions(
-        assets=[survey_calibration, frames],
+        assets=[survey_calibration, frames, build_pair_geometry_asset(pairs, pair_partitions)],
         jobs=[ingest_job, frames_job],
         sensors=[new_frames_sensor],
         resources={

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
+
+import yaml
 
 #: Repository root (this package is installed in editable mode from it).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +23,13 @@ def default_survey_file() -> Path:
 def ensure_dagster_home(home: str | os.PathLike | None = None) -> Path:
     """Make ``home`` (default ``$DAGSTER_HOME`` or ``<project>/.dagster_home``) ready and export it.
 
-    The instance configuration is the project's ``dagster.yaml`` (copied in when absent), which
-    keeps SQLite storage under that folder.
+    The instance configuration is the project's ``dagster.yaml`` with its SQLite ``base_dir`` set
+    to this folder (written on every call, so it follows the project file).
     """
     path = Path(home or os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
     path.mkdir(parents=True, exist_ok=True)
-    config = path / "dagster.yaml"
-    if not config.exists() and (PROJECT_ROOT / "dagster.yaml").exists():
-        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", config)
+    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    config["storage"] = {"sqlite": {"base_dir": str(path)}}
+    (path / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     os.environ["DAGSTER_HOME"] = str(path)
     return path

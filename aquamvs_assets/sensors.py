@@ -1,7 +1,5 @@
 """Sensors: discover new survey frames, add them as dynamic partitions and request their ingestion."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from aquamvs_assets.jobs import frames_job

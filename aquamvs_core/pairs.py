@@ -73,3 +73,25 @@ def pair_overlap(ref: RefractiveCamera, src: RefractiveCamera, bottom_z: float, 
     uv, ok = src.project(point_at_ray_depth(origins, directions, depth))
     seen = valid & ok & src.in_image(uv)
     return float(seen.double().mean())
+
+
+def pair_geometry(rig: Rig, pair: CameraPair, bottom_z: float, K_undistorted: dict | None = None) -> dict:
+    """Geometry of a directed pair: centre baseline (m) and overlap of ``ref``'s view of the plane
+    ``Z = bottom_z`` with ``src``'s image, through the water (JSON-ready dict).
+
+    ``K_undistorted`` maps camera → (3, 3) intrinsics of the undistorted images (default: the
+    calibrated K).
+    """
+    Ks = K_undistorted or {}
+    ref = RefractiveCamera.from_calibration(rig[pair.ref], rig.interface, Ks.get(pair.ref))
+    src = RefractiveCamera.from_calibration(rig[pair.src], rig.interface, Ks.get(pair.src))
+    baseline = float(np.linalg.norm(rig[pair.ref].center - rig[pair.src].center))
+    return {
+        "ref": pair.ref,
+        "src": pair.src,
+        "baseline_m": round(baseline, 6),
+        "bottom_z_m": bottom_z,
+        "overlap": round(pair_overlap(ref, src, bottom_z), 4),
+        "src_is_auxiliary": rig[pair.src].is_auxiliary,
+        "calibration_hash": rig.content_hash,
+    }

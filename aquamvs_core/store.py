@@ -12,6 +12,7 @@ Layout::
                                                 "cameras": [...], "complete": true, "written_at", "write_id"}
         <camera>                  (H, W, 3) uint8 RGB undistorted image, chunks = (H, W, 3)
                                   (consumers read whole images: one object per image on object stores)
+      pairs/<ref>-<src>/          group, attrs: pair geometry (baseline, overlap through the water, ...)
 
 Frame keys are :func:`aquamvs_core.survey.frame_key` strings (``f000123``).
 
@@ -46,6 +47,7 @@ LAYOUT_VERSION = 1
 CALIBRATION = "calibration"
 VALID_MASK = "valid_mask"
 FRAMES = "frames"
+PAIRS = "pairs"
 RESERVED_FRAME_ATTRS = ("complete", "cameras", "written_at", "write_id")
 
 
@@ -221,6 +223,26 @@ class SurveyStore:
                 f"{self._root}: no calibration in the store (write_calibration has not completed)"
             )
         return group
+
+    # -- camera pairs --------------------------------------------------------------------------
+
+    def write_pair_geometry(self, pair_key: str, geometry: Mapping[str, Any]) -> None:
+        """Store a camera pair's geometry (JSON-serialisable attrs, one atomic put)."""
+        try:
+            payload = json.loads(json.dumps(dict(geometry)))
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"{self._root}: pair {pair_key!r}: geometry is not JSON-serialisable ({exc})"
+            ) from None
+        pairs = self._group.require_group(PAIRS)
+        pairs.require_group(pair_key).attrs.put(payload)
+
+    def read_pair_geometry(self, pair_key: str) -> dict[str, Any]:
+        """A camera pair's stored geometry; :class:`StoreKeyError` if absent."""
+        group = self._group.get(f"{PAIRS}/{pair_key}")
+        if not isinstance(group, zarr.Group) or not group.attrs:
+            raise StoreKeyError(f"{self._root}: no geometry stored for camera pair {pair_key!r}")
+        return group.attrs.asdict()
 
     # -- frames --------------------------------------------------------------------------------
 

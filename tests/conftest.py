@@ -54,3 +54,26 @@ def survey_aquacal_dict() -> Callable[..., dict[str, Any]]:
 def frames_textured() -> Callable[..., list[np.ndarray]]:
     """Factory ``(n, width=64, height=48, seed=0) -> list of RGB frames``."""
     return _textured_frames
+
+
+# -- synthetic survey fixtures (used by the Dagster-layer tests) --------------------------------
+
+
+@pytest.fixture(scope="session")
+def synthetic_small_survey(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny generated survey (4 ring cameras + 1 fisheye auxiliary, 160×120, 3 frames), shared
+    read-only by the session. Returns the path of its survey.yaml."""
+    from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey
+
+    config = SyntheticSurveyConfig(seed=7, n_ring_cameras=4, image_size=(160, 120), n_frames=3, supersample=1)
+    return generate_survey(tmp_path_factory.mktemp("synthetic") / "survey", config)
+
+
+@pytest.fixture
+def synthetic_survey_file(synthetic_small_survey, tmp_path):
+    """A copy of the small survey's YAML whose Zarr store is private to the test."""
+    from aquamvs_core.survey import load_survey_spec
+
+    spec = load_survey_spec(synthetic_small_survey)
+    private = spec.model_copy(update={"store": str(tmp_path / "store.zarr")})
+    return private.to_yaml(tmp_path / "survey.yaml")

@@ -1,7 +1,5 @@
 """Ingestion assets: the survey calibration and the undistorted frames."""
 
-from __future__ import annotations
-
 import base64
 
 import dagster as dg
