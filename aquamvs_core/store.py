@@ -13,6 +13,9 @@ Layout::
         <camera>                  (H, W, 3) uint8 RGB undistorted image, chunks = (H, W, 3)
                                   (consumers read whole images: one object per image on object stores)
       pairs/<ref>-<src>/          group, attrs: pair geometry (baseline, overlap through the water, ...)
+      products/<stage>/<frame>/<part>/   group of arrays written by a pipeline stage (sparse matches,
+                                  depth maps, clouds, meshes), committed like frames; e.g.
+                                  products/depth/f000001/cam0-cam1/{depth, confidence}
 
 Frame keys are :func:`aquamvs_core.survey.frame_key` strings (``f000123``).
 
@@ -48,6 +51,8 @@ CALIBRATION = "calibration"
 VALID_MASK = "valid_mask"
 FRAMES = "frames"
 PAIRS = "pairs"
+PRODUCTS = "products"
+PRODUCT_CHUNK_ROWS = 1 << 20  # rows per chunk of long (N, ...) arrays such as point clouds
 RESERVED_FRAME_ATTRS = ("complete", "cameras", "written_at", "write_id")
 
 
@@ -83,6 +88,21 @@ def open_zarr_store(root: str | Path, read_only: bool = False) -> Store:
 def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
     """Write ``data`` as array ``name`` of ``group`` in one chunk, replacing any existing array."""
     group.create_array(name, data=data, chunks=data.shape, overwrite=True)
+
+
+def _write_product_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
+    """Images and maps (2-D or more) in one chunk; long 1-D/(N, k) tables chunked by rows."""
+    chunks = data.shape if data.ndim >= 2 and data.shape[0] * 8 < PRODUCT_CHUNK_ROWS else None
+    if chunks is None:
+        chunks = (max(1, min(data.shape[0], PRODUCT_CHUNK_ROWS)), *data.shape[1:])
+    group.create_array(name, data=data, chunks=chunks, overwrite=True)
+
+
+def _check_product_path(path: str) -> list[str]:
+    parts = path.split("/")
+    if any(not p or p.startswith(".") or not all(c.isalnum() or c in "_.-" for c in p) for p in parts):
+        raise ValueError(f"invalid product path {path!r}: use '/'-separated names of letters, digits, '_.-'")
+    return parts
 
 
 def _now() -> str:
@@ -243,6 +263,72 @@ class SurveyStore:
         if not isinstance(group, zarr.Group) or not group.attrs:
             raise StoreKeyError(f"{self._root}: no geometry stored for camera pair {pair_key!r}")
         return group.attrs.asdict()
+
+    # -- pipeline products -----------------------------------------------------------------------
+
+    def write_product(
+        self, path: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write a group of arrays at ``products/<path>`` and commit it (same protocol as frames).
+
+        Args:
+            path: e.g. ``"depth/f000001/cam0-cam1"``.
+            arrays: name → numpy array (any dtype; NaN allowed).
+            attrs: JSON-serialisable provenance and parameters.
+
+        Raises:
+            ValueError: invalid path, arrays or attrs (nothing is written).
+        """
+        _check_product_path(path)
+        if not arrays or not all(isinstance(a, np.ndarray) for a in arrays.values()):
+            raise ValueError(f"product {path}: expected a non-empty mapping name → numpy array")
+        _check_product_path("/".join(arrays))
+        try:
+            meta = json.loads(json.dumps(dict(attrs or {})))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"product {path}: attrs are not JSON-serialisable ({exc})") from None
+        group = self._group.require_group(f"{PRODUCTS}/{path}")
+        group.attrs.put({"complete": False})
+        for stale in set(group.array_keys()) - set(arrays):
+            del group[stale]
+        for name, data in arrays.items():
+            _write_product_array(group, name, np.ascontiguousarray(data))
+        meta.update(arrays=list(arrays), written_at=_now(), complete=True)
+        group.attrs.put(meta)
+
+    def has_product(self, path: str) -> bool:
+        """Whether ``products/<path>`` is completely written."""
+        _check_product_path(path)
+        group = self._group.get(f"{PRODUCTS}/{path}")
+        return isinstance(group, zarr.Group) and group.attrs.get("complete") is True
+
+    def product_attrs(self, path: str) -> dict[str, Any]:
+        """Attrs of a committed product (:class:`StoreKeyError` if absent or incomplete)."""
+        return self._committed_product(path).attrs.asdict()
+
+    def read_product(self, path: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Arrays of a committed product (all, or ``names``)."""
+        group = self._committed_product(path)
+        wanted = list(group.attrs["arrays"]) if names is None else list(names)
+        missing = [n for n in wanted if n not in group.attrs["arrays"]]
+        if missing:
+            raise StoreKeyError(f"{self._root}: product {path} has no array(s) {missing}")
+        return {n: group[n][...] for n in wanted}
+
+    def list_products(self, prefix: str) -> list[str]:
+        """Names of the committed products directly under ``products/<prefix>``, sorted."""
+        _check_product_path(prefix)
+        group = self._group.get(f"{PRODUCTS}/{prefix}")
+        if not isinstance(group, zarr.Group):
+            return []
+        return sorted(name for name, g in group.groups() if g.attrs.get("complete") is True)
+
+    def _committed_product(self, path: str) -> zarr.Group:
+        _check_product_path(path)
+        group = self._group.get(f"{PRODUCTS}/{path}")
+        if not isinstance(group, zarr.Group) or group.attrs.get("complete") is not True:
+            raise StoreKeyError(f"{self._root}: product {path} is not in the store (or is incomplete)")
+        return group
 
     # -- frames --------------------------------------------------------------------------------
 
