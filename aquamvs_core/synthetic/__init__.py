@@ -1,0 +1,54 @@
+"""The built-in synthetic survey: a rig filming a sandy bottom with a fish nest through flat water.
+
+It is both the project's demo and the test fixture of everything downstream, so it is physically
+exact: every pixel is ray traced through the lens distortion, the refractive interface and onto the
+ground-truth heightfield (the bilinear interpolation of a grid), see :mod:`.render`.
+
+* :mod:`.config` — :class:`SyntheticSurveyConfig` (all parameters, with defaults);
+* :mod:`.rig` — the rig layout (:func:`make_rig`);
+* :mod:`.terrain` — heightfield per frame and texture (:func:`make_terrain`, :class:`Terrain`);
+* :mod:`.render` — exact refractive ray tracing (:func:`render_view`, :func:`trace_pixels`);
+* :mod:`.ground_truth` — ``ground_truth.npz`` (:func:`load_ground_truth`);
+* :mod:`.generate` — :func:`generate_survey` writes calibration, videos, ground truth and survey.yaml.
+"""
+
+from aquamvs_core.synthetic.config import GENERATOR_NAME, GENERATOR_VERSION, SyntheticSurveyConfig
+from aquamvs_core.synthetic.generate import SyntheticSurveyMismatch, generate_survey, read_config
+from aquamvs_core.synthetic.ground_truth import GroundTruth, load_ground_truth, save_ground_truth
+from aquamvs_core.synthetic.render import (
+    CameraRays,
+    Heightfield,
+    RayHits,
+    RenderSettings,
+    pixel_rays,
+    render_frames,
+    render_view,
+    trace_pixels,
+)
+from aquamvs_core.synthetic.rig import make_rig, ring_center
+from aquamvs_core.synthetic.terrain import Crater, Terrain, make_terrain
+
+__all__ = [
+    "GENERATOR_NAME",
+    "GENERATOR_VERSION",
+    "CameraRays",
+    "Crater",
+    "GroundTruth",
+    "Heightfield",
+    "RayHits",
+    "RenderSettings",
+    "SyntheticSurveyConfig",
+    "SyntheticSurveyMismatch",
+    "Terrain",
+    "generate_survey",
+    "load_ground_truth",
+    "make_rig",
+    "make_terrain",
+    "pixel_rays",
+    "read_config",
+    "render_frames",
+    "render_view",
+    "ring_center",
+    "save_ground_truth",
+    "trace_pixels",
+]

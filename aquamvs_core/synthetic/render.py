@@ -1,0 +1,479 @@
+"""Exact refractive ray tracing of the synthetic bottom.
+
+For every (supersampled) pixel of the *distorted* image:
+
+1. the pixel is undistorted to ideal normalized coordinates
+   (:func:`~aquamvs_core.distortion.undistort_normalized`; pixels whose inversion does not converge
+   are dropped) and expressed as a pixel of an ideal pinhole camera with the same ``K``;
+2. :meth:`~aquamvs_core.refraction.RefractiveCamera.cast_ray` gives the refracted ray
+   ``X(s) = o + s d`` (``o`` on the water plane, ``d`` unit);
+3. the ray is intersected with the bilinear heightfield (:class:`Heightfield`): the *first* root of
+   ``f(s) = Z(s) - h(x(s), y(s))`` is bracketed by marching from the top of the relief band, then
+   refined by the Illinois method to ``|Δs| < 1e-10`` m or ``|f| < 1e-13`` m;
+4. the hit is shaded: bilinear texture lookup at ``(x, y)``, Lambertian shading from the exact normal
+   of the bilinear surface, attenuation along the light path in water, backscatter;
+5. supersamples are averaged and the result is quantised to uint8 RGB.
+
+**Marching.** With ``g(s) = -f(s)`` (the height of the ray above the surface) and ``L`` a Lipschitz
+bound of the bilinear surface's gradient, ``g`` can decrease by at most ``(d_z + L |d_xy|)`` per
+metre along the ray, so a step of ``g / (d_z + L |d_xy|)`` never passes a crossing. The march takes
+``max(that safe step, half a grid cell horizontally)``: far from the surface it takes large, safe
+steps; near it, half-cell steps. Wherever ``L |d_xy| < d_z`` (true for every ray of the default
+survey) ``f`` is strictly increasing along the ray, the crossing is unique and the result is exact;
+elsewhere the half-cell step can only miss a double crossing within half a cell (a graze).
+
+Rays that leave the terrain's square before hitting it, that enter it below the surface (through
+its side), that miss the water, or whose pixel cannot be undistorted get
+:attr:`RenderSettings.miss_colour`. Everything is vectorised torch (float64 geometry), chunked over
+rays, under ``torch.no_grad``. The whole terrain must lie below the water surface.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aquamvs_core.calibration import CameraCalibration, Interface
+from aquamvs_core.distortion import undistort_normalized
+from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.synthetic._util import torch_threads
+from aquamvs_core.synthetic.config import SyntheticSurveyConfig
+from aquamvs_core.synthetic.terrain import Terrain
+
+DTYPE = torch.float64
+BAND_MARGIN = 1e-6  # m, the march starts this far above the highest node
+S_TOL = 1e-10  # m, bracket width at which the refinement stops
+F_TOL = 1e-13  # m, |Z - h| at which the refinement stops
+MAX_MARCH = 100_000
+MAX_REFINE = 100
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Shading and sampling parameters (colours are linear-ish RGB in [0, 1]).
+
+    Attributes:
+        supersample: samples per pixel side (``supersample²`` rays per pixel, box-filtered).
+        attenuation: RGB attenuation coefficients of the water, 1/m, applied along the light path
+            (vertically down from the surface to the hit, then along the viewing ray back up).
+        water_colour: RGB colour of the backscatter the viewing path adds.
+        light: direction *towards* the light (world; Z down, so up is negative Z).
+        ambient: fraction of the flat-bottom brightness that does not depend on the normal.
+        exposure: overall gain.
+        miss_colour: RGB of rays that do not hit the terrain.
+        chunk_size: rays processed at once (bounds memory).
+        threads: torch intra-op threads while rendering (None: leave torch's setting alone). One by
+            default: on small CPUs shared with other busy processes, multi-threaded torch ops on
+            chunk-sized tensors can slow down tenfold or more (threads waiting for each other);
+            :func:`~aquamvs_core.synthetic.generate.generate_survey` renders cameras in parallel instead.
+    """
+
+    supersample: int = 2
+    attenuation: tuple[float, float, float] = (0.30, 0.09, 0.07)
+    water_colour: tuple[float, float, float] = (0.05, 0.20, 0.24)
+    light: tuple[float, float, float] = (0.6, -0.35, -1.0)
+    ambient: float = 0.3
+    exposure: float = 1.15
+    miss_colour: tuple[float, float, float] = (0.02, 0.05, 0.07)
+    chunk_size: int = 1 << 16
+    threads: int | None = 1
+
+    @classmethod
+    def from_config(cls, config: SyntheticSurveyConfig) -> RenderSettings:
+        return cls(
+            supersample=config.supersample,
+            attenuation=config.water_attenuation,
+            water_colour=config.water_colour,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Heightfield
+# --------------------------------------------------------------------------------------------
+
+
+class Heightfield:
+    """The bilinear surface ``Z = h(x, y)`` through a grid (torch, float64).
+
+    Inside cell ``(i, j)`` (row, column) with local coordinates ``tx, ty ∈ [0, 1]``:
+    ``h = a + b tx + c ty + e tx ty`` with ``a = h00``, ``b = h10 - h00``, ``c = h01 - h00``,
+    ``e = h11 - h10 - h01 + h00`` (``h10``: next column, ``h01``: next row). Outside the grid the
+    border cell's polynomial is extended (callers keep to the square).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray):
+        z = np.asarray(z, dtype=np.float64)
+        ny, nx = z.shape
+        if nx < 2 or ny < 2 or x.shape != (nx,) or y.shape != (ny,):
+            raise ValueError(f"grid mismatch: x {x.shape}, y {y.shape}, z {z.shape}")
+        self.nx, self.ny = nx, ny
+        self.x0, self.x1 = float(x[0]), float(x[-1])
+        self.y0, self.y1 = float(y[0]), float(y[-1])
+        self.dx = (self.x1 - self.x0) / (nx - 1)
+        self.dy = (self.y1 - self.y0) / (ny - 1)
+        self.zmin, self.zmax = float(z.min()), float(z.max())
+        h00, h10, h01, h11 = z[:-1, :-1], z[:-1, 1:], z[1:, :-1], z[1:, 1:]
+        coef = np.stack([h00, h10 - h00, h01 - h00, h11 - h10 - h01 + h00], axis=-1)
+        self.coef = torch.from_numpy(np.ascontiguousarray(coef.reshape(-1, 4)))
+        # Lipschitz bound of h: in a cell |∂h/∂x| ≤ max(|b|, |b + e|)/dx, |∂h/∂y| ≤ max(|c|, |c + e|)/dy.
+        gx = np.maximum(np.abs(coef[..., 1]), np.abs(coef[..., 1] + coef[..., 3])) / self.dx
+        gy = np.maximum(np.abs(coef[..., 2]), np.abs(coef[..., 2] + coef[..., 3])) / self.dy
+        self.lipschitz = float(np.sqrt(gx * gx + gy * gy).max()) * (1 + 1e-6) + 1e-12
+
+    @classmethod
+    def from_terrain(cls, terrain: Terrain, frame_index: int) -> Heightfield:
+        return cls(terrain.x, terrain.y, terrain.heights(frame_index))
+
+    def check_below(self, water_z: float) -> None:
+        """Raise ValueError unless the whole surface lies below the water plane ``Z = water_z``."""
+        if not self.zmin > water_z:
+            raise ValueError(
+                f"the terrain reaches Z={self.zmin:.4f} m, at or above the water surface Z={water_z:.4f} m"
+            )
+
+    def _locate(self, px: torch.Tensor, py: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cell coefficients (N, 4) and local coordinates ``tx, ty`` of points (px, py)."""
+        fx = (px - self.x0) / self.dx
+        fy = (py - self.y0) / self.dy
+        ix = torch.floor(fx).clamp_(0, self.nx - 2)
+        iy = torch.floor(fy).clamp_(0, self.ny - 2)
+        cell = torch.addcmul(ix, iy, torch.tensor(float(self.nx - 1), dtype=iy.dtype)).long()
+        return self.coef.index_select(0, cell), fx.sub_(ix), fy.sub_(iy)
+
+    @staticmethod
+    def _bilinear(c: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
+        c0, c1, c2, c3 = c.unbind(1)
+        return torch.addcmul(c0, tx, c1).addcmul_(ty, torch.addcmul(c2, tx, c3))
+
+    def height(self, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+        """World Z of the surface at (px, py) (same shapes, 1-D, float64)."""
+        return self._bilinear(*self._locate(px, py))
+
+    def height_and_gradient(
+        self, px: torch.Tensor, py: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Height and its gradient ``(∂h/∂x, ∂h/∂y)`` (exact, of the bilinear cell)."""
+        c, tx, ty = self._locate(px, py)
+        h = self._bilinear(c, tx, ty)
+        return h, torch.addcmul(c[:, 1], ty, c[:, 3]) / self.dx, torch.addcmul(c[:, 2], tx, c[:, 3]) / self.dy
+
+    def _gap(self, r: list[torch.Tensor], s: torch.Tensor) -> torch.Tensor:
+        """Height of the rays ``r = [ox, oy, oz, dx, dy, dz, ...]`` above the surface at ``s``."""
+        x = torch.addcmul(r[0], s, r[3])
+        y = torch.addcmul(r[1], s, r[4])
+        return self.height(x, y).sub_(torch.addcmul(r[2], s, r[5]))
+
+    def intersect(
+        self, origins: torch.Tensor, directions: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """First intersection of rays ``o + s d`` (``d_z > 0``) with the surface, inside its square.
+
+        Args:
+            origins, directions: (N, 3) float64.
+            valid: (N,) rays to trace (default all).
+
+        Returns:
+            s: (N,) ray parameter of the hit (NaN where none).
+            hit: (N,) bool.
+        """
+        n = origins.shape[0]
+        s_out = torch.full((n,), math.nan, dtype=DTYPE)
+        hit = torch.zeros(n, dtype=torch.bool)
+        ok = directions[:, 2] > 0
+        if valid is not None:
+            ok &= valid
+        idx = torch.nonzero(ok).squeeze(1)
+        if idx.numel() == 0:
+            return s_out, hit
+        o = origins.to(DTYPE).index_select(0, idx)
+        d = directions.to(DTYPE).index_select(0, idx)
+        dz = d[:, 2]
+        s0 = (self.zmin - BAND_MARGIN - o[:, 2]) / dz
+        s1 = (self.zmax + BAND_MARGIN - o[:, 2]) / dz
+        for k, lo_b, hi_b in ((0, self.x0, self.x1), (1, self.y0, self.y1)):
+            dk, ok_ = d[:, k], o[:, k]
+            inside = (ok_ >= lo_b) & (ok_ <= hi_b)
+            moving = dk != 0
+            safe = torch.where(moving, dk, torch.ones_like(dk))
+            ta, tb = (lo_b - ok_) / safe, (hi_b - ok_) / safe
+            t_lo = torch.where(moving, torch.minimum(ta, tb), torch.where(inside, -math.inf, math.inf))
+            t_hi = torch.where(moving, torch.maximum(ta, tb), torch.where(inside, math.inf, -math.inf))
+            s0 = torch.maximum(s0, t_lo)
+            s1 = torch.minimum(s1, t_hi)
+        dxy = torch.hypot(d[:, 0], d[:, 1])
+        closing = dz + self.lipschitz * dxy  # bound on how fast a ray can approach the surface
+        min_step = 0.5 * min(self.dx, self.dy) / dxy.clamp_min(1e-300)  # half a cell horizontally
+
+        # Per-ray state, compacted as rays finish: ox oy oz dx dy dz | closing min_step s1 | index.
+        rays = [t.contiguous() for t in (*o.unbind(1), *d.unbind(1))]
+        state = [*rays, closing, min_step, s1, torch.arange(idx.numel())]
+
+        def compact(tensors: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
+            sel = torch.nonzero(keep).squeeze(1)
+            return [t.index_select(0, sel) for t in tensors]
+
+        # ---- march: find [sa, sb] with gap(sa) > 0 >= gap(sb) ------------------------------
+        entering = s0 <= s1
+        state = compact(state, entering)
+        sa = s0[entering]
+        ga = self._gap(state, sa)
+        above = ga > 0  # the others enter the square below the surface (through its side): miss
+        state, sa, ga = compact(state, above), sa[above], ga[above]
+        brackets: list[list[torch.Tensor]] = []
+        for _ in range(MAX_MARCH):
+            if sa.numel() == 0:
+                break
+            step = torch.maximum(ga / state[6], state[7])
+            sb = torch.minimum(sa + step, state[8])
+            gb = self._gap(state, sb)
+            crossed = gb <= 0
+            going = ~crossed & (sb < state[8])  # the others left the square: miss
+            if bool(crossed.any()):
+                brackets.append(compact([*state[:6], state[9], sa, sb, ga, gb], crossed))
+            if not bool(going.all()):
+                state, sb, gb = compact(state, going), sb[going], gb[going]
+            sa, ga = sb, gb
+        if not brackets:
+            return s_out, hit
+        r = [torch.cat(parts) for parts in zip(*brackets, strict=True)]
+        pos = r[6]
+        a, b, fa, fb = r[7], r[8], -r[9], -r[10]  # f = Z - h: fa < 0 <= fb
+
+        # ---- refine: Illinois (modified regula falsi), bracket kept ---------------------------
+        s_fin = b.clone()
+        state = [*r[:6], torch.arange(b.numel()), a, b, fa, fb]
+        state = compact(state, fb != 0)
+        for _ in range(MAX_REFINE):
+            if state[6].numel() == 0:
+                break
+            a, b, fa, fb = state[7:]
+            c = b - fb * (b - a) / (fb - fa)
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+            c = torch.where((c > lo) & (c < hi), c, 0.5 * (a + b))
+            fc = self._gap(state, c).neg_()
+            flip = (fc > 0) != (fb > 0)
+            a = torch.where(flip, b, a)
+            fa = torch.where(flip, fb, 0.5 * fa)
+            s_fin[state[6]] = c
+            state[7:] = [a, c, fa, fc]
+            done = (fc.abs() <= F_TOL) | ((c - a).abs() <= S_TOL)
+            if bool(done.any()):
+                state = compact(state, ~done)
+        out = idx[pos]
+        s_out[out] = s_fin
+        hit[out] = True
+        return s_out, hit
+
+
+# --------------------------------------------------------------------------------------------
+# Rays of a camera
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CameraRays:
+    """Refracted rays of a set of distorted pixels: ``o + s d``; ``valid`` False where undistortion
+    did not converge or the air ray misses the water."""
+
+    origins: torch.Tensor  # (N, 3) float64, on the water plane
+    directions: torch.Tensor  # (N, 3) float64, unit
+    valid: torch.Tensor  # (N,) bool
+
+
+def pixel_rays(
+    camera: CameraCalibration,
+    interface: Interface,
+    pixels: torch.Tensor | np.ndarray,
+    chunk_size: int = 1 << 16,
+) -> CameraRays:
+    """Refracted rays of distorted pixels (N, 2) ``(u, v)`` of ``camera`` (computed in chunks)."""
+    with torch.no_grad():
+        px = torch.as_tensor(np.asarray(pixels) if not isinstance(pixels, torch.Tensor) else pixels)
+        px = px.to(DTYPE).reshape(-1, 2)
+        K = torch.as_tensor(np.asarray(camera.K, dtype=np.float64))
+        cam = RefractiveCamera.from_calibration(camera, interface)
+        n = px.shape[0]
+        origins = torch.empty(n, 3, dtype=DTYPE)
+        directions = torch.empty(n, 3, dtype=DTYPE)
+        valid = torch.empty(n, dtype=torch.bool)
+        for i in range(0, n, chunk_size):
+            sl = slice(i, i + chunk_size)
+            p = px[sl]
+            y = (p[:, 1] - K[1, 2]) / K[1, 1]
+            x = (p[:, 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
+            xy, converged = undistort_normalized(
+                torch.stack([x, y], dim=1), camera.dist_coeffs, camera.is_fisheye
+            )
+            u = K[0, 0] * xy[:, 0] + K[0, 1] * xy[:, 1] + K[0, 2]
+            v = K[1, 1] * xy[:, 1] + K[1, 2]
+            origins[sl], directions[sl], ok = cam.cast_ray(torch.stack([u, v], dim=1))
+            valid[sl] = ok & converged & torch.isfinite(xy).all(dim=1)
+        return CameraRays(origins, directions, valid)
+
+
+def supersampled_pixels(image_size: tuple[int, int], supersample: int) -> torch.Tensor:
+    """(H * W * n², 2) sample positions ``(u, v)``, ordered by row, column, then sub-sample (n × n
+    regular grid inside each pixel, pixel centres at integers)."""
+    w, h = image_size
+    n = supersample
+    sub = (torch.arange(n, dtype=DTYPE) + 0.5) / n - 0.5
+    v = torch.arange(h, dtype=DTYPE)[:, None, None, None] + sub[None, None, :, None]
+    u = torch.arange(w, dtype=DTYPE)[None, :, None, None] + sub[None, None, None, :]
+    v, u = torch.broadcast_tensors(v, u)  # (H, W, n, n)
+    return torch.stack([u, v], dim=-1).reshape(-1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Shading
+# --------------------------------------------------------------------------------------------
+
+
+class _Shader:
+    def __init__(self, terrain: Terrain, settings: RenderSettings, water_z: float):
+        self.tex = torch.from_numpy(np.ascontiguousarray(terrain.texture, dtype=np.float32))
+        self.th, self.tw, _ = self.tex.shape
+        self.tex_flat = self.tex.reshape(-1, 3)
+        self.ox, self.oy = terrain.texture_origin
+        self.texel = terrain.texel_size
+        self.water_z = water_z
+        light = torch.tensor(settings.light, dtype=DTYPE)
+        self.light = light / light.norm()
+        self.ambient = settings.ambient
+        self.diffuse = (1.0 - settings.ambient) / float(-self.light[2])  # flat bottom → 1
+        self.atten = torch.tensor(settings.attenuation, dtype=torch.float32)
+        self.water = torch.tensor(settings.water_colour, dtype=torch.float32)
+        self.exposure = settings.exposure
+        self.miss = torch.tensor(settings.miss_colour, dtype=torch.float32)
+
+    def texture(self, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+        fu = ((px - self.ox) / self.texel).clamp(0, self.tw - 1)
+        fv = ((py - self.oy) / self.texel).clamp(0, self.th - 1)
+        j = torch.floor(fu).clamp_(max=self.tw - 2)
+        i = torch.floor(fv).clamp_(max=self.th - 2)
+        tu = (fu - j).to(torch.float32).unsqueeze(1)
+        tv = (fv - i).to(torch.float32).unsqueeze(1)
+        k = (i * self.tw + j).long()
+        t00, t01 = self.tex_flat[k], self.tex_flat[k + 1]
+        t10, t11 = self.tex_flat[k + self.tw], self.tex_flat[k + self.tw + 1]
+        top = t00 + tu * (t01 - t00)
+        bottom = t10 + tu * (t11 - t10)
+        return top + tv * (bottom - top)
+
+    def shade(
+        self, hf: Heightfield, points: torch.Tensor, ray_depth: torch.Tensor, hit: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, 3) float32 colours of hits (``miss_colour`` elsewhere)."""
+        out = self.miss.expand(points.shape[0], 3).clone()
+        sel = torch.nonzero(hit).squeeze(1)
+        if sel.numel() == 0:
+            return out
+        p = points[sel]
+        _, gx, gy = hf.height_and_gradient(p[:, 0], p[:, 1])
+        # Upward normal of Z = h(x, y) (Z down): (h_x, h_y, -1) normalised.
+        lam = (gx * self.light[0] + gy * self.light[1] - self.light[2]) / torch.sqrt(gx * gx + gy * gy + 1)
+        shade = (self.ambient + self.diffuse * lam.clamp_min(0)).to(torch.float32).unsqueeze(1)
+        albedo = self.texture(p[:, 0], p[:, 1])
+        down = (p[:, 2] - self.water_z).to(torch.float32).unsqueeze(1)
+        view = ray_depth[sel].to(torch.float32).unsqueeze(1)
+        transmit = torch.exp(-self.atten * (down + view))
+        colour = albedo * shade * transmit + self.water * (1 - torch.exp(-self.atten * view))
+        out[sel] = colour * self.exposure
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RayHits:
+    """Where rays of pixels hit the bottom (numpy, float64)."""
+
+    points: np.ndarray  # (N, 3) world points (NaN where no hit)
+    ray_depth: np.ndarray  # (N,) distance along the refracted ray from the water surface (NaN where no hit)
+    hit: np.ndarray  # (N,) bool
+
+
+def _trace(rays: CameraRays, hf: Heightfield, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = rays.origins.shape[0]
+    s = torch.empty(n, dtype=DTYPE)
+    hit = torch.empty(n, dtype=torch.bool)
+    for i in range(0, n, chunk):
+        sl = slice(i, i + chunk)
+        s[sl], hit[sl] = hf.intersect(rays.origins[sl], rays.directions[sl], rays.valid[sl])
+    return s, hit
+
+
+def trace_pixels(
+    camera: CameraCalibration,
+    interface: Interface,
+    terrain: Terrain,
+    frame_index: int,
+    pixels: np.ndarray | torch.Tensor,
+    chunk_size: int = 1 << 16,
+    threads: int | None = 1,
+) -> RayHits:
+    """Hit points on the bottom of frame ``frame_index`` of distorted pixels (N, 2) of ``camera``
+    (exactly the computation :func:`render_frames` shades)."""
+    with torch.no_grad(), torch_threads(threads):
+        rays = pixel_rays(camera, interface, pixels, chunk_size)
+        hf = Heightfield.from_terrain(terrain, frame_index)
+        hf.check_below(interface.water_z)
+        s, hit = _trace(rays, hf, chunk_size)
+        pts = rays.origins + s.unsqueeze(1) * rays.directions
+        pts[~hit] = math.nan
+        return RayHits(points=pts.numpy(), ray_depth=s.numpy(), hit=hit.numpy())
+
+
+def render_frames(
+    camera: CameraCalibration,
+    interface: Interface,
+    terrain: Terrain,
+    frame_indices: Iterable[int] | None = None,
+    settings: RenderSettings | None = None,
+    heightfields: dict[int, Heightfield] | None = None,
+) -> Iterator[np.ndarray]:
+    """Render ``camera``'s view of each frame (default: all of the terrain's frames), lazily.
+
+    The camera's rays are computed once. ``heightfields`` (frame index → :class:`Heightfield`) may be
+    shared between cameras to save rebuilding them. Yields (H, W, 3) uint8 RGB images.
+    """
+    settings = settings or RenderSettings()
+    frames = list(terrain.frame_indices.tolist() if frame_indices is None else frame_indices)
+    w, h = camera.image_size
+    n = settings.supersample
+    chunk = settings.chunk_size
+    with torch.no_grad(), torch_threads(settings.threads):
+        rays = pixel_rays(camera, interface, supersampled_pixels(camera.image_size, n), chunk)
+        shader = _Shader(terrain, settings, interface.water_z)
+    for frame in frames:
+        with torch.no_grad(), torch_threads(settings.threads):
+            hf = heightfields[frame] if heightfields and frame in heightfields else None
+            hf = hf or Heightfield.from_terrain(terrain, frame)
+            hf.check_below(interface.water_z)
+            colour = torch.empty(rays.origins.shape[0], 3, dtype=torch.float32)
+            for i in range(0, colour.shape[0], chunk):
+                sl = slice(i, i + chunk)
+                o, d = rays.origins[sl], rays.directions[sl]
+                s, hit = hf.intersect(o, d, rays.valid[sl])
+                pts = o + torch.nan_to_num(s).unsqueeze(1) * d
+                colour[sl] = shader.shade(hf, pts, s, hit)
+            img = colour.reshape(h, w, n * n, 3).mean(dim=2)
+            image = (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        yield image
+
+
+def render_view(
+    camera: CameraCalibration,
+    interface: Interface,
+    terrain: Terrain,
+    frame_index: int = 0,
+    settings: RenderSettings | None = None,
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image of ``camera`` looking at the bottom of frame ``frame_index``."""
+    return next(render_frames(camera, interface, terrain, [frame_index], settings))
