@@ -142,13 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: bool) -> None:
+    """Terminal progress for the CLI's own steps. Inside Dagster runs, ``aquamvs`` loggers are
+    managed by Dagster (dagster.yaml ``python_logs``) and printed by it, so they are not echoed."""
+    own = ("aquamvs.cli", "aquamvs.synthetic")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name.startswith(own))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    for name in own:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _configure_logging(args.verbose)
     try:
         return args.func(args)
     except (CalibrationError, SurveyError, FileNotFoundError, ValueError) as exc:
