@@ -348,3 +348,22 @@ def test_sparse_match_config_validates():
         SparseMatchConfig(device="not-a-device")
     with pytest.raises(pydantic.ValidationError):
         SparseMatchConfig(ratio=1.5)
+
+
+def test_sift_keypoints_follow_the_pixel_centre_convention():
+    """A feature at pixel centre x is at W-1-x in the image flipped in both axes; keypoints that
+    follow the convention map back exactly (OpenCV's raw ones are off by 2 × 0.25 px)."""
+    from aquamvs_core.sparse.matching import _sift_features
+
+    rng = np.random.default_rng(3)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (240, 320), dtype=np.uint8), (0, 0), 1.2)
+    sift = cv2.SIFT_create(nfeatures=2000)
+    kp, desc = _sift_features(sift, img)
+    kp_f, desc_f = _sift_features(sift, np.ascontiguousarray(img[::-1, ::-1]))
+    from aquamvs_core.sparse.matching import mutual_ratio_match
+
+    pairs, _ = mutual_ratio_match(desc, desc_f, 0.7)
+    back = torch.tensor([319.0, 239.0]) - kp_f[pairs[:, 1]]
+    offset = (kp[pairs[:, 0]] - back).median(dim=0).values
+    assert len(pairs) > 200
+    assert offset.abs().max() < 0.02, offset

@@ -191,12 +191,21 @@ def mutual_ratio_match(
     return torch.stack([ia[keep], ib[keep]], dim=-1), scores[keep]
 
 
+#: OpenCV's SIFT doubles the image first (octave -1) with a half-pixel-centred resize, then halves
+#: keypoint coordinates without the matching -0.25 px correction, so its keypoints sit 0.25 px to
+#: the right of and below the project's pixel-centre convention (measured by flip consistency, see
+#: tests/test_sparse.py). Subtracting it removes a ~2.7 mm depth bias on the synthetic survey.
+OPENCV_SIFT_OFFSET_PX = 0.25
+
+
 def _sift_features(sift: cv2.SIFT, grey: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 2) float32 keypoints and (N, 128) float32 L2-normalised SIFT descriptors of a grey image."""
+    """(N, 2) float32 keypoints (pixel centres at integers) and (N, 128) float32 L2-normalised SIFT
+    descriptors of a grey image."""
     kps, desc = sift.detectAndCompute(grey, None)
     if not kps or desc is None:
         return torch.zeros((0, 2), dtype=torch.float32), torch.zeros((0, 128), dtype=torch.float32)
-    points = torch.from_numpy(cv2.KeyPoint_convert(kps).reshape(-1, 2).astype(np.float32))
+    pts = cv2.KeyPoint_convert(kps).reshape(-1, 2).astype(np.float32) - OPENCV_SIFT_OFFSET_PX
+    points = torch.from_numpy(pts)
     desc_t = torch.from_numpy(desc.astype(np.float32))
     return points, desc_t / desc_t.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
