@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,54 +13,58 @@ from pathlib import Path
 import dagster as dg
 
 from aquamvs_assets.definitions import build_definitions
-from aquamvs_assets.jobs import INGEST_JOB
-from aquamvs_assets.partitions import FRAMES_PARTITION_NAME
+from aquamvs_assets.jobs import INGEST_JOB, RECONSTRUCTION_STAGES
 from aquamvs_assets.project import DEMO_SURVEY_DIR, PROJECT_ROOT, ensure_dagster_home
+from aquamvs_assets.resources import ReconstructionSettings
+from aquamvs_assets.runner import register_frames, run_stage
 from aquamvs_core.calibration import CalibrationError
 from aquamvs_core.survey import Survey, SurveyError, frame_key, load_survey_spec
 
 log = logging.getLogger("aquamvs.cli")
 
 
-def register_frames(instance: dg.DagsterInstance, keys: list[str]) -> list[str]:
-    """Add frame partitions that the instance does not have yet; returns the added keys."""
-    existing = set(instance.get_dynamic_partitions(FRAMES_PARTITION_NAME))
-    new = [k for k in keys if k not in existing]
-    if new:
-        instance.add_dynamic_partitions(FRAMES_PARTITION_NAME, new)
-    return new
-
-
-def run_ingestion(
-    survey_file: Path, instance: dg.DagsterInstance, frames: list[int] | None = None
-) -> dg.ExecuteInProcessResult:
-    """Register the survey's frames as partitions and materialize the ingestion job over them in one
-    run (a partition range; the frames asset batches them per its backfill policy)."""
+def _frame_keys(survey_file: Path, frames: list[int] | None) -> list[str]:
     spec = load_survey_spec(survey_file)
     with Survey.open(spec) as survey:
         indices = survey.frame_indices if frames is None else frames
         bad = [i for i in indices if not 0 <= i < survey.num_frames]
         if bad:
             raise SurveyError(f"frames {bad} are outside the survey's {survey.num_frames} frames")
-    keys = [frame_key(i) for i in indices]
-    if not keys:
+    if not indices:
         raise SurveyError(f"{survey_file}: the frame selection is empty")
+    return [frame_key(i) for i in indices]
+
+
+def run_ingestion(
+    survey_file: Path, instance: dg.DagsterInstance, frames: list[int] | None = None
+) -> list[dg.ExecuteInProcessResult]:
+    """Register the survey's frames as partitions and materialize the ingestion job over them."""
+    keys = _frame_keys(survey_file, frames)
     added = register_frames(instance, keys)
     log.info("frames: %d selected, %d newly registered as partitions", len(keys), len(added))
-    job = build_definitions(survey_file).resolve_job_def(INGEST_JOB)
-    if len(keys) == 1:
-        return job.execute_in_process(instance=instance, partition_key=keys[0])
-    registered = instance.get_dynamic_partitions(FRAMES_PARTITION_NAME)
-    if registered[registered.index(keys[0]) : registered.index(keys[-1]) + 1] == keys:
-        tags = {
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-        }
-        return job.execute_in_process(instance=instance, tags=tags)
-    result = None
-    for key in keys:  # not a contiguous range of registered partitions: one run per frame
-        result = job.execute_in_process(instance=instance, partition_key=key)
-    return result
+    return run_stage(build_definitions(survey_file).resolve_job_def(INGEST_JOB), instance, keys)
+
+
+def run_reconstruction(
+    survey_file: Path,
+    instance: dg.DagsterInstance,
+    settings: ReconstructionSettings,
+    frames: list[int] | None = None,
+) -> list[str]:
+    """Ingest the frames, then materialize every reconstruction stage for them; returns frame keys."""
+    keys = _frame_keys(survey_file, frames)
+    register_frames(instance, keys)
+    defs = build_definitions(survey_file, settings)
+    pair_keys = (
+        defs.resolve_assets_def("sparse_matches")
+        .partitions_def.get_partitions_def_for_dimension("pair")
+        .get_partition_keys()
+    )
+    run_stage(defs.resolve_job_def(INGEST_JOB), instance, keys)
+    for n, (job_name, assets, per_pair) in enumerate(RECONSTRUCTION_STAGES, start=1):
+        log.info("stage %d/%d: %s", n, len(RECONSTRUCTION_STAGES), ", ".join(assets))
+        run_stage(defs.resolve_job_def(job_name), instance, keys, pair_keys if per_pair else None)
+    return keys
 
 
 def _print_summary(survey_file: Path, home: Path, seconds: float) -> None:
@@ -81,9 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = ensure_dagster_home(args.dagster_home)
     t0 = time.perf_counter()
     survey_file = generate_survey(Path(args.survey_dir), overwrite=args.regenerate)
-    result = run_ingestion(survey_file, dg.DagsterInstance.get())
-    if not result.success:
-        return 1
+    run_ingestion(survey_file, dg.DagsterInstance.get())
     _print_summary(survey_file, home, time.perf_counter() - t0)
     return 0
 
@@ -93,10 +96,63 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     frames = [int(f) for f in args.frames.split(",")] if args.frames else None
     survey_file = Path(args.survey).resolve()
-    result = run_ingestion(survey_file, dg.DagsterInstance.get(), frames)
-    if not result.success:
-        return 1
+    run_ingestion(survey_file, dg.DagsterInstance.get(), frames)
     _print_summary(survey_file, home, time.perf_counter() - t0)
+    return 0
+
+
+def _parse_frames(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        frames = [int(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise SurveyError(f"--frames: expected comma-separated frame indices, got {text!r}") from None
+    if not frames or any(f < 0 for f in frames):
+        raise SurveyError(f"--frames: expected non-negative frame indices, got {text!r}")
+    return sorted(set(frames))
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """``aquamvs reconstruct CALIBRATION INPUT_DIR OUT_DIR``: the whole pipeline through Dagster."""
+    import tempfile
+
+    from aquamvs_core import reconstruct as steps
+    from aquamvs_core.calibration import load_calibration
+    from aquamvs_core.config import build_config
+    from aquamvs_core.store import SurveyStore
+    from aquamvs_core.survey import SurveySpec, discover_inputs
+
+    if args.pathway == "roma":
+        raise SurveyError("--pathway roma: the RoMa dense pathway is not available in this version")
+    calibration = Path(args.calibration).resolve()
+    inputs = Path(args.input_dir).resolve()
+    out_dir = Path(args.out_dir).resolve()
+    rig = load_calibration(calibration)
+    discover_inputs(inputs, rig.camera_names)  # unknown or missing cameras: a clear error now
+    build_config(args.preset, args.pathway, args.config)  # validate before any work
+    frames = _parse_frames(args.frames)
+    work = out_dir / ".aquamvs"
+    work.mkdir(parents=True, exist_ok=True)
+    spec = SurveySpec(
+        name=inputs.name or "survey", calibration=calibration, inputs=inputs, store=str(work / "store.zarr")
+    )
+    survey_file = spec.to_yaml(work / "survey.yaml")
+    settings = ReconstructionSettings(
+        preset=args.preset,
+        pathway=args.pathway,
+        config_file=str(Path(args.config).resolve()) if args.config else None,
+    )
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="aquamvs-dagster-") as tmp:
+        home = ensure_dagster_home(args.dagster_home or os.environ.get("DAGSTER_HOME") or tmp)
+        instance = dg.DagsterInstance.from_config(str(home))
+        keys = run_reconstruction(survey_file, instance, settings, frames)
+        store = SurveyStore(spec.store, read_only=True)
+        for key in keys:
+            for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
+                print(f"wrote {path}")
+    print(f"reconstructed {len(keys)} frame(s) in {time.perf_counter() - t0:.1f} s; store: {spec.store}")
     return 0
 
 
@@ -132,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME or .dagster_home)")
     ingest.set_defaults(func=cmd_ingest)
 
+    rec = sub.add_parser("reconstruct", help="depth maps, fused cloud and mesh per frame, through Dagster")
+    rec.add_argument("calibration", help="AquaCal calibration JSON")
+    rec.add_argument("input_dir", help="one <camera>.mp4 per camera, or one folder <camera>/ of images each")
+    rec.add_argument("out_dir", help="writes OUT_DIR/frame_NNNNNN/{fused_cloud.ply, mesh.ply}")
+    rec.add_argument("--frames", help="comma-separated frame indices (default: all)")
+    rec.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
+    rec.add_argument("--pathway", choices=["sift", "lightglue", "roma"], default="sift")
+    rec.add_argument("--config", help="YAML file overriding any configuration field")
+    rec.add_argument(
+        "--mesh-format",
+        action="append",
+        choices=["ply", "obj", "stl", "glb"],
+        default=None,
+        help="mesh file formats (repeatable; default ply)",
+    )
+    rec.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME, else a temporary one)")
+    rec.set_defaults(func=cmd_reconstruct)
+
     gen = sub.add_parser("generate", help="write a synthetic survey (calibration, videos, ground truth)")
     gen.add_argument("out_dir")
     gen.add_argument("--seed", type=int, default=0)
@@ -162,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CalibrationError, SurveyError, FileNotFoundError, ValueError) as exc:
         print(f"aquamvs: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a failed Dagster run
+        print(f"aquamvs: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ import dagster as dg
 
 from aquamvs_assets.assets.ingestion import frames, survey_calibration
 from aquamvs_assets.assets.pairs import build_pair_geometry_asset
-from aquamvs_assets.jobs import frames_job, ingest_job
-from aquamvs_assets.partitions import camera_pair_partitions
+from aquamvs_assets.assets.reconstruction import build_reconstruction_assets
+from aquamvs_assets.jobs import frames_job, ingest_job, reconstruction_jobs
+from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partitions
 from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
-from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
+from aquamvs_assets.resources import ReconstructionSettings, SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
 from aquamvs_core.calibration import load_calibration
 from aquamvs_core.pairs import select_pairs
@@ -23,18 +24,32 @@ from aquamvs_core.survey import load_survey_spec
 log = logging.getLogger("aquamvs.definitions")
 
 
-def build_definitions(survey_file: str | Path) -> dg.Definitions:
-    """Definitions for one survey (one rig): its assets, jobs, sensor and resources."""
+def build_definitions(
+    survey_file: str | Path, reconstruction: ReconstructionSettings | None = None
+) -> dg.Definitions:
+    """Definitions for one survey (one rig): its assets, jobs, sensor and resources.
+
+    ``reconstruction`` sets the default reconstruction configuration (launchpad runs can change it).
+    """
     spec = load_survey_spec(survey_file)
     pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
     pair_partitions = camera_pair_partitions(pairs)
+    reconstruction_assets = build_reconstruction_assets(
+        pairs, pair_partitions, frame_pair_partitions(pair_partitions), spec.ground_truth
+    )
     return dg.Definitions(
-        assets=[survey_calibration, frames, build_pair_geometry_asset(pairs, pair_partitions)],
-        jobs=[ingest_job, frames_job],
+        assets=[
+            survey_calibration,
+            frames,
+            build_pair_geometry_asset(pairs, pair_partitions),
+            *reconstruction_assets,
+        ],
+        jobs=[ingest_job, frames_job, *reconstruction_jobs],
         sensors=[new_frames_sensor],
         resources={
             "survey": SurveyResource(survey_file=str(Path(survey_file).resolve())),
             "store": ZarrStoreResource(root=spec.store),
+            "reconstruction": reconstruction or ReconstructionSettings(),
         },
     )
 

@@ -38,6 +38,20 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names the source and the field."""
 
 
+class QualityTargets(BaseModel):
+    """Accuracy targets that the ground-truth quality check asserts (vertical errors, mm)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    median_abs_error_mm: float = Field(0.3, gt=0.0)
+    p90_abs_error_mm: float = Field(1.0, gt=0.0)
+    outlier_fraction: float = Field(0.005, ge=0.0, le=1.0, description="errors over outlier_mm")
+    outlier_mm: float = Field(10.0, gt=0.0)
+    completeness: float = Field(0.9, ge=0.0, le=1.0, description="of cells seen by >= min_views cameras")
+    completeness_radius_mm: float = Field(5.0, gt=0.0)
+    min_views: int = Field(2, ge=1)
+
+
 class ReconstructionConfig(BaseModel):
     """Every threshold of the reconstruction, by stage (see each stage's model for the fields)."""
 
@@ -54,6 +68,7 @@ class ReconstructionConfig(BaseModel):
     plane_sweep: PlaneSweepConfig = PlaneSweepConfig()
     fusion: FusionConfig = FusionConfig()
     mesh: MeshConfig = MeshConfig()
+    quality: QualityTargets = QualityTargets()
 
 
 def _changed(model: BaseModel) -> dict[str, Any]:

@@ -36,3 +36,25 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
+
+
+def height_map_preview(points: np.ndarray, colors: np.ndarray | None = None, size: int = 320) -> np.ndarray:
+    """Top-down view of a point cloud (N, 3) (world X right, Y down): the points' colours (N, 3)
+    uint8 if given, else their world Z as grey (deeper = darker). Returns (size, size', 3) uint8."""
+    pts = np.asarray(points, dtype=np.float64)
+    canvas_h = size
+    if len(pts) == 0:
+        return np.zeros((canvas_h, size, 3), dtype=np.uint8)
+    lo, hi = pts[:, :2].min(axis=0), pts[:, :2].max(axis=0)
+    scale = (size - 1) / max(float((hi - lo).max()), 1e-9)
+    width = max(1, round((hi[0] - lo[0]) * scale) + 1)
+    height = max(1, round((hi[1] - lo[1]) * scale) + 1)
+    col = np.round((pts[:, 0] - lo[0]) * scale).astype(np.int64)
+    row = np.round((pts[:, 1] - lo[1]) * scale).astype(np.int64)
+    if colors is None:
+        z = pts[:, 2]
+        grey = 255 * (1 - (z - z.min()) / max(float(np.ptp(z)), 1e-9))
+        colors = np.repeat(grey[:, None], 3, axis=1)
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[row, col] = np.asarray(colors, dtype=np.uint8)
+    return image
