@@ -50,8 +50,9 @@ def run_reconstruction(
     instance: dg.DagsterInstance,
     settings: ReconstructionSettings,
     frames: list[int] | None = None,
-) -> list[str]:
-    """Ingest the frames, then materialize every reconstruction stage for them; returns frame keys."""
+) -> tuple[list[str], list[dg.AssetCheckEvaluation]]:
+    """Ingest the frames, then materialize every reconstruction stage for them; returns the frame
+    keys and the quality-check evaluations (when the survey has ground truth)."""
     keys = _frame_keys(survey_file, frames)
     register_frames(instance, keys)
     defs = build_definitions(survey_file, settings)
@@ -61,10 +62,12 @@ def run_reconstruction(
         .get_partition_keys()
     )
     run_stage(defs.resolve_job_def(INGEST_JOB), instance, keys)
+    checks: list[dg.AssetCheckEvaluation] = []
     for n, (job_name, assets, per_pair) in enumerate(RECONSTRUCTION_STAGES, start=1):
         log.info("stage %d/%d: %s", n, len(RECONSTRUCTION_STAGES), ", ".join(assets))
-        run_stage(defs.resolve_job_def(job_name), instance, keys, pair_keys if per_pair else None)
-    return keys
+        results = run_stage(defs.resolve_job_def(job_name), instance, keys, pair_keys if per_pair else None)
+        checks += [c for r in results for c in r.get_asset_check_evaluations()]
+    return keys, checks
 
 
 def _print_summary(survey_file: Path, home: Path, seconds: float) -> None:
@@ -134,8 +137,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     frames = _parse_frames(args.frames)
     work = out_dir / ".aquamvs"
     work.mkdir(parents=True, exist_ok=True)
+    ground_truth = Path(args.ground_truth).resolve() if args.ground_truth else None
+    if ground_truth and not ground_truth.is_file():
+        raise SurveyError(f"--ground-truth: {ground_truth} not found")
     spec = SurveySpec(
-        name=inputs.name or "survey", calibration=calibration, inputs=inputs, store=str(work / "store.zarr")
+        name=inputs.name or "survey",
+        calibration=calibration,
+        inputs=inputs,
+        store=str(work / "store.zarr"),
+        ground_truth=ground_truth,
     )
     survey_file = spec.to_yaml(work / "survey.yaml")
     settings = ReconstructionSettings(
@@ -147,11 +157,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="aquamvs-dagster-") as tmp:
         home = ensure_dagster_home(args.dagster_home or os.environ.get("DAGSTER_HOME") or tmp)
         instance = dg.DagsterInstance.from_config(str(home))
-        keys = run_reconstruction(survey_file, instance, settings, frames)
+        keys, checks = run_reconstruction(survey_file, instance, settings, frames)
         store = SurveyStore(spec.store, read_only=True)
         for key in keys:
             for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
                 print(f"wrote {path}")
+        for evaluation in checks:
+            values = {k: v.value for k, v in evaluation.metadata.items()}
+            verdict = "met" if evaluation.passed else "NOT met"
+            print(f"quality vs ground truth ({verdict}): " + ", ".join(f"{k}={v}" for k, v in values.items()))
     print(f"reconstructed {len(keys)} frame(s) in {time.perf_counter() - t0:.1f} s; store: {spec.store}")
     return 0
 
@@ -203,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mesh file formats (repeatable; default ply)",
     )
+    rec.add_argument("--ground-truth", help="ground_truth.npz of a synthetic survey: report accuracy")
     rec.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME, else a temporary one)")
     rec.set_defaults(func=cmd_reconstruct)
 
