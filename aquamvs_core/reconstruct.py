@@ -78,8 +78,10 @@ def sparse_step(
     config: ReconstructionConfig,
     cams: StoreCameras | None = None,
     model_cache: dict | None = None,
+    feature_cache: dict | None = None,
 ) -> dict[str, Any]:
-    """Match and triangulate one pair of a frame; writes ``sparse/<frame>/<pair>``."""
+    """Match and triangulate one pair of a frame; writes ``sparse/<frame>/<pair>``. Pass the same
+    ``feature_cache`` dict for the pairs of a frame to detect each image's features once."""
     cams = cams or StoreCameras.load(store)
     t0 = time.perf_counter()
     images = store.read_frame(frame, [pair.ref, pair.src])
@@ -91,6 +93,8 @@ def sparse_step(
         config.matching,
         config.triangulation,
         model_cache=model_cache,
+        feature_cache=feature_cache,
+        keys=((frame, pair.ref), (frame, pair.src)),
     )
     kept = int(result.keep.sum())
     summary = {

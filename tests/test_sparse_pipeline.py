@@ -73,3 +73,31 @@ def test_depth_ranges_per_camera_and_fallbacks(small):
     assert all(r["source"] == "fallback" for r in few.values())
     assert few[rig.camera_names[0]]["z_min"] == pytest.approx(wz + 0.05)
     assert few[rig.camera_names[0]]["z_max"] == pytest.approx(wz + 2.0)
+
+
+def test_feature_cache_detects_each_image_once_with_identical_results(small, monkeypatch):
+    from aquamvs_core.sparse import matching
+
+    _, cams, images, _ = small
+    calls = []
+    real = matching._sift_features
+    monkeypatch.setattr(matching, "_sift_features", lambda sift, grey: calls.append(1) or real(sift, grey))
+    cfg, tri = SparseMatchConfig(method="sift"), TriangulationConfig()
+    plain = match_and_triangulate(images["cam0"], images["cam1"], cams["cam0"], cams["cam1"], cfg, tri)
+    assert len(calls) == 2
+    cache: dict = {}
+    keys = (("f0", "cam0"), ("f0", "cam1"))
+    for _ in range(3):
+        cached = match_and_triangulate(
+            images["cam0"],
+            images["cam1"],
+            cams["cam0"],
+            cams["cam1"],
+            cfg,
+            tri,
+            feature_cache=cache,
+            keys=keys,
+        )
+        for name, value in plain.as_arrays().items():
+            np.testing.assert_array_equal(getattr(cached, name), value)
+    assert len(calls) == 4 and len(cache) == 2  # two more detections, then none

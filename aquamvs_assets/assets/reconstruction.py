@@ -61,10 +61,13 @@ def build_reconstruction_assets(
         zs, config = store.get(), reconstruction.config()
         cams = steps.StoreCameras.load(zs)
         model_cache: dict = {}
+        features: dict = {}  # per-image features of the current frame, shared by its pairs
         summaries = {}
-        for key in context.partition_keys:
+        for key in sorted(context.partition_keys):
             frame, pair = split(key)
-            summaries[key] = steps.sparse_step(zs, frame, pair, config, cams, model_cache)
+            if features and next(iter(features))[-1][0] != frame:
+                features.clear()
+            summaries[key] = steps.sparse_step(zs, frame, pair, config, cams, model_cache, features)
             context.log.info(f"{key}: {summaries[key]['kept']}/{summaries[key]['matches']} matches kept")
         last = summaries[context.partition_keys[-1]]
         return dg.MaterializeResult(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -210,19 +210,42 @@ def _sift_features(sift: cv2.SIFT, grey: np.ndarray) -> tuple[torch.Tensor, torc
     return points, desc_t / desc_t.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
+FeatureCache = dict[Hashable, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _features(
+    cache: FeatureCache | None, key: Hashable | None, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compute()`` once per ``key`` when a cache and a key are given (e.g. (frame, camera): an image
+    takes part in several pairs)."""
+    if cache is None or key is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
 @torch.no_grad()
-def match_sift(img_a: np.ndarray, img_b: np.ndarray, config: SparseMatchConfig | None = None) -> Matches:
+def match_sift(
+    img_a: np.ndarray,
+    img_b: np.ndarray,
+    config: SparseMatchConfig | None = None,
+    feature_cache: FeatureCache | None = None,
+    keys: tuple[Hashable, Hashable] | None = None,
+) -> Matches:
     """Match two images with OpenCV SIFT, mutual nearest neighbours and Lowe's ratio test.
 
     Detection runs on the grey images (at most ``config.max_keypoints`` keypoints each); descriptor
-    matching runs on ``config.device``. Needs no weights.
+    matching runs on ``config.device``. Needs no weights. With ``feature_cache`` and ``keys`` (one
+    hashable per image, e.g. ``(frame, camera)``), each image's features are computed once.
     """
     config = config or SparseMatchConfig(method="sift")
-    grey_a = _to_grey(_check_image(img_a, "img_a"))
-    grey_b = _to_grey(_check_image(img_b, "img_b"))
+    _check_image(img_a, "img_a")
+    _check_image(img_b, "img_b")
     sift = cv2.SIFT_create(nfeatures=config.max_keypoints)
-    kp_a, desc_a = _sift_features(sift, grey_a)
-    kp_b, desc_b = _sift_features(sift, grey_b)
+    ka, kb = (("sift", config.max_keypoints, k) for k in keys) if keys else (None, None)
+    kp_a, desc_a = _features(feature_cache, ka, lambda: _sift_features(sift, _to_grey(img_a)))
+    kp_b, desc_b = _features(feature_cache, kb, lambda: _sift_features(sift, _to_grey(img_b)))
     device = torch.device(config.device)
     matches, scores = mutual_ratio_match(desc_a.to(device), desc_b.to(device), config.ratio)
     return Matches(kp_a, kp_b, matches.cpu(), scores.float().cpu())
@@ -400,6 +423,8 @@ def match_lightglue(
     img_b: np.ndarray,
     config: SparseMatchConfig,
     model_cache: dict[tuple[Any, ...], LightGlueModels] | None = None,
+    feature_cache: FeatureCache | None = None,
+    keys: tuple[Hashable, Hashable] | None = None,
 ) -> Matches:
     """Match two images with LightGlue on ALIKED (``config.method="aliked"``) or DISK features.
 
@@ -423,8 +448,13 @@ def match_lightglue(
         models = load_lightglue_models(config)
         if model_cache is not None:
             model_cache[key] = models
-    kp_a, desc_a = _extract(models, _to_rgb_tensor(img_a, models.device))
-    kp_b, desc_b = _extract(models, _to_rgb_tensor(img_b, models.device))
+    ka, kb = ((key, k) for k in keys) if keys else (None, None)
+    kp_a, desc_a = _features(
+        feature_cache, ka, lambda: _extract(models, _to_rgb_tensor(img_a, models.device))
+    )
+    kp_b, desc_b = _features(
+        feature_cache, kb, lambda: _extract(models, _to_rgb_tensor(img_b, models.device))
+    )
     if kp_a.shape[0] < 2 or kp_b.shape[0] < 2:
         return _empty_matches(kp_a.cpu(), kp_b.cpu())
     sizes = [torch.tensor([[img.shape[1], img.shape[0]]], device=models.device) for img in (img_a, img_b)]
@@ -442,9 +472,12 @@ def match_images(
     img_b: np.ndarray,
     config: SparseMatchConfig | None = None,
     model_cache: dict[tuple[Any, ...], LightGlueModels] | None = None,
+    feature_cache: FeatureCache | None = None,
+    keys: tuple[Hashable, Hashable] | None = None,
 ) -> Matches:
-    """Match two images with ``config.method`` (:func:`match_sift` or :func:`match_lightglue`)."""
+    """Match two images with ``config.method`` (:func:`match_sift` or :func:`match_lightglue`);
+    ``feature_cache`` + ``keys`` reuse each image's features across the pairs it is in."""
     config = config or SparseMatchConfig()
     if config.method == "sift":
-        return match_sift(img_a, img_b, config)
-    return match_lightglue(img_a, img_b, config, model_cache=model_cache)
+        return match_sift(img_a, img_b, config, feature_cache, keys)
+    return match_lightglue(img_a, img_b, config, model_cache, feature_cache, keys)

@@ -51,9 +51,12 @@ def match_and_triangulate(
     match_config: SparseMatchConfig,
     triangulation_config: TriangulationConfig,
     model_cache: dict | None = None,
+    feature_cache: dict | None = None,
+    keys: tuple | None = None,
 ) -> SparsePair:
-    """Match two undistorted RGB images and triangulate the matches through the water."""
-    matches = match_images(image_ref, image_src, match_config, model_cache=model_cache)
+    """Match two undistorted RGB images and triangulate the matches through the water.
+    ``feature_cache`` + ``keys`` (e.g. ``((frame, ref), (frame, src))``) reuse per-image features."""
+    matches = match_images(image_ref, image_src, match_config, model_cache, feature_cache, keys)
     pix_ref, pix_src = matches.matched_pixels()
     tri = triangulate_matches(
         cam_ref, cam_src, pix_ref.to(torch.float64), pix_src.to(torch.float64), triangulation_config
