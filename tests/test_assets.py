@@ -35,6 +35,18 @@ from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import load_survey_spec
 
 ALL_FRAMES = ["f000000", "f000001", "f000002"]
+ASSET_KEYS = {
+    "survey_calibration",
+    "frames",
+    "camera_pair_geometry",  # ingestion
+    "sparse_matches",
+    "sparse_cloud",
+    "pairwise_depths",
+    "camera_depths",
+    "fused_cloud",
+    "mesh",
+}
+PER_PAIR = {"sparse_matches", "pairwise_depths"}
 
 
 def _resources(survey_file: Path) -> dict:
@@ -49,7 +61,10 @@ def test_definitions_validate_and_describe_the_rig(synthetic_survey_file):
     defs = build_definitions(synthetic_survey_file)
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {"survey_calibration", "frames", "camera_pair_geometry"}
+    assert keys == ASSET_KEYS
+    for key in PER_PAIR:
+        dims = defs.resolve_assets_def(key).partitions_def.partitions_defs
+        assert [d.name for d in dims] == ["frame", "pair"]
 
     spec = load_survey_spec(synthetic_survey_file)
     rig = load_calibration(spec.calibration)
@@ -276,11 +291,17 @@ def test_webserver_answers_graphql_with_assets_and_partitions(synthetic_survey_f
             "webserver did not serve the assets in time:\n" + (tmp_path / "webserver.log").read_text()
         )
         by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
-        assert set(by_key) == {"survey_calibration", "frames", "camera_pair_geometry"}
+        assert set(by_key) == ASSET_KEYS
         assert by_key["frames"]["isPartitioned"] and by_key["frames"]["partitionKeys"] == ALL_FRAMES[:2]
         assert not by_key["survey_calibration"]["isPartitioned"]
         rig = load_calibration(load_survey_spec(synthetic_survey_file).calibration)
-        assert by_key["camera_pair_geometry"]["partitionKeys"] == [p.key for p in select_pairs(rig, 4)]
+        pair_keys = [p.key for p in select_pairs(rig, 4)]
+        assert by_key["camera_pair_geometry"]["partitionKeys"] == pair_keys
+        # frame × pair assets: every registered frame with every pair, keys "frame|pair".
+        assert sorted(by_key["pairwise_depths"]["partitionKeys"]) == sorted(
+            f"{f}|{p}" for f in ALL_FRAMES[:2] for p in pair_keys
+        )
+        assert by_key["mesh"]["partitionKeys"] == ALL_FRAMES[:2]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
