@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {
         "matching": {"max_keypoints": 2048},
         "plane_sweep": _changed(SWEEP_PRESETS["fast"]),
-        "fusion": {"voxel_size_mm": 1.5},
+        "fusion": {"voxel_size_mm": 1.5, "pixel_stride": 2},
     },
     "balanced": {"plane_sweep": _changed(SWEEP_PRESETS["balanced"])},
     "quality": {

@@ -264,3 +264,14 @@ def test_numpy_voxel_reduction_matches_open3d():
     i, j = by_cell(ref), by_cell(got)
     for k, tol in [("positions", 1e-6), ("w", 1e-6), ("wpos", 1e-6), ("wcol", 1e-3), ("support", 1e-5)]:
         np.testing.assert_allclose(got[k][j], ref[k][i], atol=tol)
+
+
+def test_pixel_stride_uses_a_quarter_of_the_source_pixels_and_stays_accurate(scene, fused_gt):
+    cfg = FusionConfig(pixel_stride=2)
+    cloud = fuse_depth_maps(scene.depth, scene.cameras, scene.images, cfg)
+    ratio = cloud.stats["source_pixels"] / fused_gt.stats["source_pixels"]
+    assert 0.22 < ratio < 0.28
+    m = reconstruction_metrics(cloud.points, scene.terrain, 0, scene.seen)
+    assert m["median_abs_error_mm"] < 0.05 and m["outlier_fraction"] == 0.0
+    # 8 mm pixels here: a quarter of them still covers most cells within the 5 mm radius.
+    assert m["completeness"] > 0.6
