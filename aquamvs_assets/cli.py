@@ -73,7 +73,7 @@ def run_reconstruction(
 def _print_summary(survey_file: Path, home: Path, seconds: float) -> None:
     spec = load_survey_spec(survey_file)
     print(
-        f"\nIngested survey '{spec.name}' in {seconds:.1f} s.\n"
+        f"\nSurvey '{spec.name}' done in {seconds:.1f} s.\n"
         f"  survey file : {survey_file}\n"
         f"  Zarr store  : {spec.store}   (layout: see aquamvs_core/store.py)\n"
         f"  DAGSTER_HOME: {home}\n"
@@ -89,9 +89,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = ensure_dagster_home(args.dagster_home)
     t0 = time.perf_counter()
     survey_file = generate_survey(Path(args.survey_dir), overwrite=args.regenerate)
-    run_ingestion(survey_file, dg.DagsterInstance.get())
+    instance = dg.DagsterInstance.get()
+    run_ingestion(survey_file, instance)
+    if not args.no_reconstruct:
+        from aquamvs_core import reconstruct as steps
+        from aquamvs_core.store import SurveyStore
+
+        frames = _parse_frames(args.frames) or [0]
+        settings = ReconstructionSettings(preset=args.preset)
+        keys, checks = run_reconstruction(survey_file, instance, settings, frames)
+        out_dir = Path(args.survey_dir) / "output"
+        store = SurveyStore(load_survey_spec(survey_file).store, read_only=True)
+        for key in keys:
+            for path in steps.export_frame(store, key, out_dir):
+                print(f"wrote {path}")
+        _print_checks(checks)
     _print_summary(survey_file, home, time.perf_counter() - t0)
     return 0
+
+
+def _print_checks(checks: list[dg.AssetCheckEvaluation]) -> None:
+    for evaluation in checks:
+        values = {k: v.value for k, v in evaluation.metadata.items()}
+        verdict = "met" if evaluation.passed else "NOT met"
+        print(f"quality vs ground truth ({verdict}): " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -162,10 +183,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         for key in keys:
             for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
                 print(f"wrote {path}")
-        for evaluation in checks:
-            values = {k: v.value for k, v in evaluation.metadata.items()}
-            verdict = "met" if evaluation.passed else "NOT met"
-            print(f"quality vs ground truth ({verdict}): " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        _print_checks(checks)
     print(f"reconstructed {len(keys)} frame(s) in {time.perf_counter() - t0:.1f} s; store: {spec.store}")
     return 0
 
@@ -190,10 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="generate the built-in synthetic survey (if missing) and ingest it")
+    demo = sub.add_parser(
+        "demo", help="generate the built-in synthetic survey (if missing), ingest it and reconstruct frame 0"
+    )
     demo.add_argument("--survey-dir", default=str(DEMO_SURVEY_DIR), help="where the demo survey lives")
     demo.add_argument("--regenerate", action="store_true", help="regenerate the demo survey")
     demo.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME or .dagster_home)")
+    demo.add_argument("--no-reconstruct", action="store_true", help="only ingest the frames")
+    demo.add_argument("--frames", help="frames to reconstruct, comma-separated (default: 0)")
+    demo.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
     demo.set_defaults(func=cmd_demo)
 
     ingest = sub.add_parser("ingest", help="ingest a survey (YAML) through Dagster")
