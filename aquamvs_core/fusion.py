@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aquamvs_core.depth import DepthMap
 from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.runtime import torch_threads
 
 SampleMode = Literal["bilinear", "nearest"]
 
@@ -237,21 +238,6 @@ def atomic_path(path: Path, suffix: str) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (None: unchanged), restoring the setting after.
-    Process-wide: not for concurrent use from several threads."""
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,9 +40,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from aquamvs_core.depth import DepthMap
-from aquamvs_core.fusion import FusedCloud, atomic_path, image_tensor, sample_map, torch_threads
+from aquamvs_core.fusion import FusedCloud, atomic_path, image_tensor, sample_map
 from aquamvs_core.metrics import nearest_distances
 from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.runtime import torch_threads
 
 MESH_FORMATS = (".ply", ".obj", ".stl", ".glb")
 

@@ -28,8 +28,10 @@ import torch
 from aquamvs_core.calibration import CameraCalibration, Interface, Rig
 from aquamvs_core.depth import DepthMap, pixel_grid
 from aquamvs_core.distortion import build_undistortion_map, distort_pixels, undistorted_intrinsics
-from aquamvs_core.fusion import sample_map, torch_threads
+from aquamvs_core.fusion import sample_map
 from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.runtime import torch_threads
+from aquamvs_core.synthetic.ground_truth import bilinear_height
 
 DEFAULT_CELL_SPACING = 0.002
 """Target spacing (metres) of the evaluation cells when ``cell_step`` is not given."""
@@ -51,19 +53,7 @@ class HeightGrid(Protocol):
 
 def height_at(gt: HeightGrid, frame_index: int, xy: np.ndarray) -> np.ndarray:
     """World Z (N,) of the bilinear ground truth at ``xy`` (N, 2), metres; NaN outside the grid."""
-    z = gt.heights(frame_index)
-    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    nx, ny = gt.x.size, gt.y.size
-    fx = (pts[:, 0] - gt.x[0]) / ((gt.x[-1] - gt.x[0]) / (nx - 1))
-    fy = (pts[:, 1] - gt.y[0]) / ((gt.y[-1] - gt.y[0]) / (ny - 1))
-    inside = (fx >= 0) & (fx <= nx - 1) & (fy >= 0) & (fy <= ny - 1)
-    ix = np.clip(np.floor(np.nan_to_num(fx)), 0, nx - 2).astype(np.int64)
-    iy = np.clip(np.floor(np.nan_to_num(fy)), 0, ny - 2).astype(np.int64)
-    tx, ty = fx - ix, fy - iy
-    h00, h10 = z[iy, ix], z[iy, ix + 1]
-    h01, h11 = z[iy + 1, ix], z[iy + 1, ix + 1]
-    h = h00 + tx * (h10 - h00) + ty * ((h01 - h00) + tx * (h11 - h10 - h01 + h00))
-    return np.where(inside, h, np.nan)
+    return bilinear_height(gt.x, gt.y, gt.heights(frame_index), xy)
 
 
 def default_cell_step(gt: HeightGrid, spacing: float = DEFAULT_CELL_SPACING) -> int:

@@ -73,7 +73,10 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path) -> dict:
         return out
 
     features: dict = {}
-    timed("sparse_matches", lambda: [steps.sparse_step(store, key, p, config, cams, {}, features) for p in pairs])
+    timed(
+        "sparse_matches",
+        lambda: [steps.sparse_step(store, key, p, config, cams, {}, features) for p in pairs],
+    )
     timed("sparse_cloud", lambda: steps.sparse_cloud_step(store, key, pairs, config))
     timed("pairwise_depths", lambda: [steps.pair_depth_step(store, key, p, config, cams) for p in pairs])
     timed("camera_depths", lambda: steps.camera_depth_step(store, key, pairs, config))

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +32,7 @@ from aquamvs_core.calibration import CameraCalibration, Interface
 from aquamvs_core.depth import DepthMap
 from aquamvs_core.distortion import build_undistortion_map, undistort_image
 from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.runtime import torch_threads
 from aquamvs_core.stereo.plane_sweep import ImageLike, PairDepth, PlaneSweepConfig, prepare_image, sweep_pair
 
 
@@ -163,16 +163,6 @@ class StereoView:
         return cls(calibration.name, undistort_image(image, umap), camera, umap.valid.numpy())
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
 def depth_for_camera(
     ref: str,
     views: dict[str, StereoView],
@@ -200,7 +190,7 @@ def depth_for_camera(
         )
 
     if workers > 1 and len(sources) > 1:
-        with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        with torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
             pairs = list(pool.map(one, sources))
     else:
         pairs = [one(s) for s in sources]

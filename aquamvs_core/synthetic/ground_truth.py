@@ -19,6 +19,23 @@ import numpy as np
 GT_KEYS = ("x", "y", "z", "frame_indices")
 
 
+def bilinear_height(x: np.ndarray, y: np.ndarray, z: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """World Z (N,) at points ``xy`` (N, 2) of the heightfield ``z`` (Ny, Nx) with node coordinates
+    ``x`` (Nx,), ``y`` (Ny,) (uniform), by bilinear interpolation; NaN outside the grid."""
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    nx, ny = x.size, y.size
+    fx = (pts[:, 0] - x[0]) / ((x[-1] - x[0]) / (nx - 1))
+    fy = (pts[:, 1] - y[0]) / ((y[-1] - y[0]) / (ny - 1))
+    inside = (fx >= 0) & (fx <= nx - 1) & (fy >= 0) & (fy <= ny - 1)
+    ix = np.clip(np.floor(np.nan_to_num(fx)), 0, nx - 2).astype(np.int64)
+    iy = np.clip(np.floor(np.nan_to_num(fy)), 0, ny - 2).astype(np.int64)
+    tx, ty = fx - ix, fy - iy
+    h00, h10 = z[iy, ix], z[iy, ix + 1]
+    h01, h11 = z[iy + 1, ix], z[iy + 1, ix + 1]
+    h = h00 + tx * (h10 - h00) + ty * ((h01 - h00) + tx * (h11 - h10 - h01 + h00))
+    return np.where(inside, h, np.nan)
+
+
 @dataclass(frozen=True)
 class GroundTruth:
     """The ground-truth bottom (see the module docstring)."""
@@ -41,21 +58,7 @@ class GroundTruth:
 
     def height_at(self, frame_index: int, xy: np.ndarray) -> np.ndarray:
         """World Z (N,) of the bottom at world points ``xy`` (N, 2), bilinear; NaN outside the grid."""
-        z = self.heights(frame_index)
-        pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        nx, ny = self.x.size, self.y.size
-        dx = (self.x[-1] - self.x[0]) / (nx - 1)
-        dy = (self.y[-1] - self.y[0]) / (ny - 1)
-        fx = (pts[:, 0] - self.x[0]) / dx
-        fy = (pts[:, 1] - self.y[0]) / dy
-        inside = (fx >= 0) & (fx <= nx - 1) & (fy >= 0) & (fy <= ny - 1)
-        ix = np.clip(np.floor(np.nan_to_num(fx)), 0, nx - 2).astype(np.int64)
-        iy = np.clip(np.floor(np.nan_to_num(fy)), 0, ny - 2).astype(np.int64)
-        tx, ty = fx - ix, fy - iy
-        h00, h10 = z[iy, ix], z[iy, ix + 1]
-        h01, h11 = z[iy + 1, ix], z[iy + 1, ix + 1]
-        h = h00 + tx * (h10 - h00) + ty * ((h01 - h00) + tx * (h11 - h10 - h01 + h00))
-        return np.where(inside, h, np.nan)
+        return bilinear_height(self.x, self.y, self.heights(frame_index), xy)
 
 
 def save_ground_truth(

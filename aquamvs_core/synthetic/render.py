@@ -40,7 +40,7 @@ import torch
 from aquamvs_core.calibration import CameraCalibration, Interface
 from aquamvs_core.distortion import undistort_normalized
 from aquamvs_core.refraction import RefractiveCamera
-from aquamvs_core.synthetic._util import torch_threads
+from aquamvs_core.runtime import torch_threads
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
 from aquamvs_core.synthetic.terrain import Terrain
 

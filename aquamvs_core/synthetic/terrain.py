@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aquamvs_core.synthetic._util import torch_threads
+from aquamvs_core.runtime import torch_threads
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
 from aquamvs_core.synthetic.rig import ring_center
 
