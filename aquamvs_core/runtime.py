@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 
 
 @contextmanager
@@ -25,3 +27,16 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def check_device(name: str) -> str:
+    """``name`` if torch accepts it as a device ("cpu", "cuda", "cuda:1", ...), else ValueError."""
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"invalid torch device {name!r}: {exc}") from None
+    return name
+
+
+#: A pydantic field type for torch device names, validated.
+TorchDevice = Annotated[str, AfterValidator(check_device)]

@@ -77,3 +77,36 @@ def synthetic_survey_file(synthetic_small_survey, tmp_path):
     spec = load_survey_spec(synthetic_small_survey)
     private = spec.model_copy(update={"store": str(tmp_path / "store.zarr")})
     return private.to_yaml(tmp_path / "survey.yaml")
+
+
+@pytest.fixture(scope="session")
+def gt_scene():
+    """4 ring cameras at 160×120 (~8 mm pixels on the bed) without an auxiliary: the rig, terrain,
+    undistorted refractive cameras, renders and validity masks, and exact ground-truth depth maps
+    (shared by the fusion and mesh tests)."""
+    from types import SimpleNamespace
+
+    from aquamvs_core.distortion import build_undistortion_map, undistort_image, undistorted_intrinsics
+    from aquamvs_core.metrics import gt_depth_maps
+    from aquamvs_core.refraction import RefractiveCamera
+    from aquamvs_core.synthetic import SyntheticSurveyConfig, make_rig, make_terrain, render_view
+
+    config = SyntheticSurveyConfig(
+        seed=7,
+        n_ring_cameras=4,
+        auxiliary_camera=False,
+        image_size=(160, 120),
+        n_frames=1,
+        supersample=1,
+        terrain_cell=0.002,
+        texel_size=0.001,
+    )
+    rig, terrain = make_rig(config), make_terrain(config)
+    cameras, images, masks = {}, {}, {}
+    for name, cam in rig.cameras.items():
+        umap = build_undistortion_map(cam, undistorted_intrinsics(cam))
+        cameras[name] = RefractiveCamera.from_calibration(cam, rig.interface, umap.K_new)
+        images[name] = undistort_image(render_view(cam, rig.interface, terrain, 0), umap)
+        masks[name] = umap.valid.numpy()
+    depth = gt_depth_maps(rig, terrain, 0)
+    return SimpleNamespace(rig=rig, terrain=terrain, cameras=cameras, images=images, masks=masks, depth=depth)

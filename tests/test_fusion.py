@@ -11,39 +11,15 @@ import pytest
 import torch
 
 from aquamvs_core.depth import DepthMap
-from aquamvs_core.distortion import build_undistortion_map, undistort_image, undistorted_intrinsics
 from aquamvs_core.fusion import FusedCloud, FusionConfig, fuse_depth_maps, sample_map
-from aquamvs_core.metrics import cloud_errors, gt_depth_maps, reconstruction_metrics, visibility_count
-from aquamvs_core.refraction import RefractiveCamera
-from aquamvs_core.synthetic import SyntheticSurveyConfig, make_rig, make_terrain, render_view
+from aquamvs_core.metrics import cloud_errors, reconstruction_metrics, visibility_count
 
 
 @pytest.fixture(scope="module")
-def scene() -> SimpleNamespace:
-    """4 ring cameras, 160×120 (~8 mm pixels on the bed), GT depth maps and undistorted renders."""
-    config = SyntheticSurveyConfig(
-        seed=7,
-        n_ring_cameras=4,
-        auxiliary_camera=False,
-        image_size=(160, 120),
-        n_frames=1,
-        supersample=1,
-        terrain_cell=0.002,
-        texel_size=0.001,
-    )
-    rig = make_rig(config)
-    terrain = make_terrain(config)
-    cameras, images, masks = {}, {}, {}
-    for name, cam in rig.cameras.items():
-        umap = build_undistortion_map(cam, undistorted_intrinsics(cam))
-        cameras[name] = RefractiveCamera.from_calibration(cam, rig.interface, umap.K_new)
-        images[name] = undistort_image(render_view(cam, rig.interface, terrain, 0), umap)
-        masks[name] = umap.valid.numpy()
-    depth = gt_depth_maps(rig, terrain, 0)
-    seen = visibility_count(terrain, 0, cameras, masks, depth) >= 2
-    return SimpleNamespace(
-        rig=rig, terrain=terrain, cameras=cameras, images=images, masks=masks, depth=depth, seen=seen
-    )
+def scene(gt_scene) -> SimpleNamespace:
+    """The shared 4-camera ground-truth scene plus the cells seen by two or more cameras."""
+    seen = visibility_count(gt_scene.terrain, 0, gt_scene.cameras, gt_scene.masks, gt_scene.depth) >= 2
+    return SimpleNamespace(**vars(gt_scene), seen=seen)
 
 
 @pytest.fixture(scope="module")

@@ -11,41 +11,17 @@ import pytest
 import torch
 
 from aquamvs_core.depth import DepthMap
-from aquamvs_core.distortion import build_undistortion_map, undistort_image, undistorted_intrinsics
 from aquamvs_core.fusion import FusedCloud, fuse_depth_maps
 from aquamvs_core.mesh import MeshConfig, build_mesh, export_mesh, heightfield_mesh, vertex_colors_from_views
-from aquamvs_core.metrics import cloud_errors, gt_depth_maps, mesh_metrics, visibility_count
-from aquamvs_core.refraction import RefractiveCamera
-from aquamvs_core.synthetic import SyntheticSurveyConfig, make_rig, make_terrain, render_view
+from aquamvs_core.metrics import cloud_errors, mesh_metrics, visibility_count
 
 
 @pytest.fixture(scope="module")
-def scene() -> SimpleNamespace:
-    """4 ring cameras, 160×120, GT depth maps, undistorted renders and the fused GT cloud."""
-    config = SyntheticSurveyConfig(
-        seed=7,
-        n_ring_cameras=4,
-        auxiliary_camera=False,
-        image_size=(160, 120),
-        n_frames=1,
-        supersample=1,
-        terrain_cell=0.002,
-        texel_size=0.001,
-    )
-    rig = make_rig(config)
-    terrain = make_terrain(config)
-    cameras, images, masks = {}, {}, {}
-    for name, cam in rig.cameras.items():
-        umap = build_undistortion_map(cam, undistorted_intrinsics(cam))
-        cameras[name] = RefractiveCamera.from_calibration(cam, rig.interface, umap.K_new)
-        images[name] = undistort_image(render_view(cam, rig.interface, terrain, 0), umap)
-        masks[name] = umap.valid.numpy()
-    depth = gt_depth_maps(rig, terrain, 0)
-    seen = visibility_count(terrain, 0, cameras, masks, depth, cell_step=2) >= 2
-    cloud = fuse_depth_maps(depth, cameras, images)
-    return SimpleNamespace(
-        terrain=terrain, cameras=cameras, images=images, masks=masks, depth=depth, seen=seen, cloud=cloud
-    )
+def scene(gt_scene) -> SimpleNamespace:
+    """The shared 4-camera ground-truth scene, its seen cells and the fused ground-truth cloud."""
+    g = gt_scene
+    seen = visibility_count(g.terrain, 0, g.cameras, g.masks, g.depth, cell_step=2) >= 2
+    return SimpleNamespace(**vars(g), seen=seen, cloud=fuse_depth_maps(g.depth, g.cameras, g.images))
 
 
 @pytest.fixture(scope="module")

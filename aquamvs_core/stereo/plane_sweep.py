@@ -73,6 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from aquamvs_core.depth import pixel_grid
 from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.runtime import TorchDevice
 from aquamvs_core.stereo.ncc import (
     GridFn,
     RefWindows,
@@ -181,7 +182,7 @@ class PlaneSweepConfig(BaseModel):
     )
 
     # --- execution --------------------------------------------------------------------------------
-    device: str = Field("cpu", description="torch device")
+    device: TorchDevice = Field("cpu", description="torch device")
     dtype: Literal["float32", "float64"] = Field("float32", description="working precision")
 
     @field_validator("window", "surface_smoothing")
@@ -189,15 +190,6 @@ class PlaneSweepConfig(BaseModel):
     def _odd(cls, v: int) -> int:
         if v % 2 == 0 and v != 0:
             raise ValueError(f"must be odd, got {v}")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, v: str) -> str:
-        try:
-            torch.device(v)
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"invalid torch device {v!r}: {exc}") from None
         return v
 
     @model_validator(mode="after")
