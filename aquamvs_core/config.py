@@ -59,6 +59,12 @@ class ReconstructionConfig(BaseModel):
 
     preset: Preset = Field("balanced", description="the preset this configuration started from")
     pathway: Pathway = Field("sift", description="sparse matcher: sift, lightglue (ALIKED), or roma")
+    torch_threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads for the matching and plane-sweep steps (None: torch's default);"
+        " one is fastest on small shared CPUs and is what the benchmarks use",
+    )
     use_auxiliary_sources: bool = Field(
         True, description="sweep each camera against the auxiliary cameras too (their pairs exist)"
     )

@@ -30,6 +30,7 @@ from aquamvs_core.fusion import FusedCloud, fuse_depth_maps
 from aquamvs_core.mesh import build_mesh, export_mesh
 from aquamvs_core.pairs import CameraPair
 from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.runtime import torch_threads
 from aquamvs_core.sparse.pipeline import SparsePair, camera_depth_ranges, match_and_triangulate
 from aquamvs_core.stereo.combine import combine_pair_depths
 from aquamvs_core.stereo.plane_sweep import PairDepth, sweep_pair
@@ -85,17 +86,18 @@ def sparse_step(
     cams = cams or StoreCameras.load(store)
     t0 = time.perf_counter()
     images = store.read_frame(frame, [pair.ref, pair.src])
-    result = match_and_triangulate(
-        images[pair.ref],
-        images[pair.src],
-        cams.cameras[pair.ref],
-        cams.cameras[pair.src],
-        config.matching,
-        config.triangulation,
-        model_cache=model_cache,
-        feature_cache=feature_cache,
-        keys=((frame, pair.ref), (frame, pair.src)),
-    )
+    with torch_threads(config.torch_threads):
+        result = match_and_triangulate(
+            images[pair.ref],
+            images[pair.src],
+            cams.cameras[pair.ref],
+            cams.cameras[pair.src],
+            config.matching,
+            config.triangulation,
+            model_cache=model_cache,
+            feature_cache=feature_cache,
+            keys=((frame, pair.ref), (frame, pair.src)),
+        )
     kept = int(result.keep.sum())
     summary = {
         "matches": len(result.keep),
@@ -158,7 +160,7 @@ def pair_depth_step(
     cams = cams or StoreCameras.load(store)
     images = store.read_frame(frame, [pair.ref, pair.src])
     z_range = depth_range(store, frame, pair.ref)
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(config.torch_threads):
         result = sweep_pair(
             images[pair.ref],
             images[pair.src],

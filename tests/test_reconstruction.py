@@ -161,3 +161,17 @@ def test_config_presets_yaml_and_overrides(tmp_path):
         build_config("turbo")
     with pytest.raises(ConfigError, match=r"fusion\.nonsense"):
         build_config(overrides={"fusion": {"nonsense": 1}})
+
+
+def test_torch_thread_setting_is_scoped():
+    import torch
+
+    from aquamvs_core.runtime import torch_threads
+
+    assert build_config().torch_threads == 1
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="torch_threads"):
+        build_config(overrides={"torch_threads": 0})
