@@ -188,6 +188,75 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _survey_with_frame(survey: str | None, frame: int, dagster_home: str | None) -> Path:
+    """The survey file (default: the built-in demo, generated if missing), with ``frame`` ingested
+    through Dagster if its store does not have it yet."""
+    from aquamvs_core.store import SurveyStore
+    from aquamvs_core.synthetic import generate_survey
+
+    survey_file = Path(survey).resolve() if survey else generate_survey(DEMO_SURVEY_DIR)
+    spec = load_survey_spec(survey_file)
+    if frame_key(frame) not in SurveyStore(spec.store).list_frames():
+        ensure_dagster_home(dagster_home)
+        run_ingestion(survey_file, dg.DagsterInstance.get(), [frame])
+    return survey_file
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Profile every stage of one frame (the real pipeline) and print the bottlenecks."""
+    from aquamvs_core.benchmark import profile_frame
+    from aquamvs_core.calibration import load_calibration
+    from aquamvs_core.config import build_config
+    from aquamvs_core.pairs import select_pairs
+    from aquamvs_core.store import SurveyStore
+
+    survey_file = _survey_with_frame(args.survey, args.frame, args.dagster_home)
+    spec = load_survey_spec(survey_file)
+    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    config = build_config(args.preset, args.pathway, args.config)
+    profiler, sizes = profile_frame(SurveyStore(spec.store), frame_key(args.frame), pairs, config)
+    table = profiler.table()
+    columns = ["stage", "wall_s", "cpu_s", "peak_rss_mb", "rss_growth_mb", "wall_share"]
+    if profiler.cuda:
+        columns += ["cuda_s", "cuda_peak_mb"]
+    print(table[columns].to_markdown(index=False, floatfmt=".2f"))
+    print(f"\noutputs: {sizes}\ntop bottlenecks:")
+    for line in profiler.bottlenecks(3):
+        print(f"  - {line}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Run the pathway × preset matrix on one frame and write a markdown report."""
+    import tempfile
+
+    from aquamvs_core.benchmark import benchmark_matrix
+    from aquamvs_core.calibration import load_calibration
+    from aquamvs_core.pairs import select_pairs
+
+    survey_file = _survey_with_frame(args.survey, args.frame, args.dagster_home)
+    spec = load_survey_spec(survey_file)
+    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    with tempfile.TemporaryDirectory(prefix="aquamvs-benchmark-") as tmp:
+        table = benchmark_matrix(
+            spec.store, frame_key(args.frame), pairs, args.pathways, args.presets, tmp, spec.ground_truth
+        )
+    report = (
+        f"# Benchmark: survey '{spec.name}', frame {args.frame}\n\n"
+        f"Times in seconds (wall), memory in MB (peak RSS), errors in mm against the ground truth.\n\n"
+        + table.to_markdown(index=False, floatfmt=".3f")
+        + "\n"
+    )
+    print(report)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        table.to_csv(out.with_suffix(".csv"), index=False)
+        print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey
 
@@ -243,6 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--ground-truth", help="ground_truth.npz of a synthetic survey: report accuracy")
     rec.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME, else a temporary one)")
     rec.set_defaults(func=cmd_reconstruct)
+
+    prof = sub.add_parser("profile", help="profile every stage of one frame and print the bottlenecks")
+    prof.add_argument("survey", nargs="?", help="survey YAML (default: the built-in demo)")
+    prof.add_argument("--frame", type=int, default=0)
+    prof.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
+    prof.add_argument("--pathway", choices=["sift", "lightglue"], default="sift")
+    prof.add_argument("--config", help="YAML file overriding any configuration field")
+    prof.add_argument("--dagster-home", help="instance used if the frame must be ingested first")
+    prof.set_defaults(func=cmd_profile)
+
+    bench = sub.add_parser("benchmark", help="pathway × preset matrix on one frame, as a markdown report")
+    bench.add_argument("survey", nargs="?", help="survey YAML (default: the built-in demo)")
+    bench.add_argument("--frame", type=int, default=0)
+    bench.add_argument("--pathways", nargs="+", choices=["sift", "lightglue"], default=["sift", "lightglue"])
+    bench.add_argument(
+        "--presets", nargs="+", choices=["fast", "balanced", "quality"], default=["fast", "balanced"]
+    )
+    bench.add_argument("--out", help="write the report (markdown) and the table (.csv) here")
+    bench.add_argument("--dagster-home", help="instance used if the frame must be ingested first")
+    bench.set_defaults(func=cmd_benchmark)
 
     gen = sub.add_parser("generate", help="write a synthetic survey (calibration, videos, ground truth)")
     gen.add_argument("out_dir")

@@ -1,0 +1,101 @@
+"""Profiling and the benchmark matrix on a tiny survey: every stage reported, plausible values,
+and accuracy columns that agree with the metrics module on a planted reconstruction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aquamvs_assets.cli import main as cli_main
+from aquamvs_core import reconstruct as steps
+from aquamvs_core.benchmark import STAGES, accuracy_columns, benchmark_matrix, profile_frame
+from aquamvs_core.calibration import load_calibration
+from aquamvs_core.config import build_config
+from aquamvs_core.fusion import FusedCloud
+from aquamvs_core.ingest import Undistorter, ingest_frames, write_calibration
+from aquamvs_core.mesh import MeshConfig, build_mesh
+from aquamvs_core.pairs import select_pairs
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Survey, load_survey_spec
+from aquamvs_core.synthetic import load_ground_truth
+
+FRAME = "f000000"
+
+
+@pytest.fixture
+def ingested(synthetic_survey_file):
+    """The small survey (4 ring cameras + fisheye, 160×120) with frame 0 in a private store."""
+    spec = load_survey_spec(synthetic_survey_file)
+    store = SurveyStore(spec.store)
+    with Survey.open(spec) as survey:
+        undistorter = Undistorter.for_rig(survey.rig)
+        write_calibration(store, survey.rig, undistorter)
+        ingest_frames(survey, store, [0], undistorter)
+    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    return spec, store, pairs
+
+
+def test_profiler_reports_every_stage(ingested):
+    _, store, pairs = ingested
+    profiler, sizes = profile_frame(store, FRAME, pairs, build_config("fast"))
+    table = profiler.table()
+    assert list(table["stage"]) == list(STAGES)
+    assert (table["wall_s"] > 0).all() and (table["cpu_s"] >= 0).all()
+    assert (table["peak_rss_mb"] >= table["rss_before_mb"]).all() and (table["rss_before_mb"] > 50).all()
+    assert table["wall_share"].sum() == pytest.approx(1.0)
+    assert sizes["points"] > 1000 and sizes["triangles"] > 1000
+    top = profiler.bottlenecks(3)
+    assert len(top) == 3 and all("% of the time" in line for line in top)
+
+
+def test_matrix_has_the_columns_and_plausible_values(ingested, tmp_path):
+    spec, store, pairs = ingested
+    table = benchmark_matrix(spec.store, FRAME, pairs, ["sift"], ["fast"], tmp_path, spec.ground_truth)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["pathway"], row["preset"], row["num_depths"]) == ("sift", "fast", 64)
+    for stage in STAGES:
+        assert row[f"{stage}_s"] > 0
+    assert row["total_s"] >= row["dense_s"] > 0 and row["peak_rss_mb"] > 50
+    for column in ("median_mm", "p90_mm", "outlier_fraction", "completeness"):
+        assert np.isfinite(row[column])
+    # 160×120 images (~9 mm pixels on the bed) and `fast` fusing every 2nd pixel: points ~2 cm apart,
+    # so completeness within 5 mm is low; loose but real bounds.
+    assert 0 < row["median_mm"] < 5 and row["median_mm"] <= row["p90_mm"]
+    assert 0.05 < row["completeness"] <= 1.0
+    # The source store is untouched: the matrix works on copies.
+    assert not store.has_product(f"cloud/{FRAME}")
+
+
+def test_accuracy_columns_agree_with_the_metrics_on_a_planted_reconstruction(ingested):
+    spec, store, _ = ingested
+    gt = load_ground_truth(spec.ground_truth)
+    x, y = np.meshgrid(gt.x[::3], gt.y[::3])
+    xy = np.column_stack([x.ravel(), y.ravel()])
+    z = gt.height_at(0, xy) + 0.0007  # the whole bed 0.7 mm too deep
+    rng = np.random.default_rng(0)
+    outliers = rng.random(len(z)) < 0.03
+    z[outliers] += 0.020  # 3 % of the points 20 mm off
+    points = np.column_stack([xy, z])
+    n = len(points)
+    normals = np.tile(np.array([0.0, 0.0, -1.0], np.float32), (n, 1))
+    cloud = FusedCloud(points, np.full((n, 3), 128, np.uint8), normals, np.full(n, 2, np.int32))
+    store.write_product(f"cloud/{FRAME}", cloud.as_arrays())
+    clean = FusedCloud(
+        points[~outliers], cloud.colors[~outliers], normals[~outliers], cloud.support[~outliers]
+    )
+    mesh = build_mesh(clean, MeshConfig(method="heightfield", color_source="cloud"))
+    store.write_product(f"mesh/{FRAME}", steps.mesh_to_arrays(mesh))
+    columns = accuracy_columns(steps.quality_report(store, FRAME, spec.ground_truth, build_config()))
+    assert columns["median_mm"] == pytest.approx(0.7, abs=0.01)
+    assert columns["outlier_fraction"] == pytest.approx(outliers.mean(), abs=0.002)
+    assert columns["mesh_median_mm"] == pytest.approx(0.7, abs=0.05)
+
+
+def test_profile_command_prints_stages_and_bottlenecks(ingested, capsys):
+    spec, _, _ = ingested
+    survey_file = spec.to_yaml(SurveyStore(spec.store).root + ".survey.yaml")
+    assert cli_main(["profile", str(survey_file), "--preset", "fast"]) == 0
+    out = capsys.readouterr().out
+    assert all(stage in out for stage in STAGES)
+    assert "top bottlenecks:" in out and out.count("% of the time") == 3
