@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,18 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aquamvs_core import reconstruct as steps  # noqa: E402
+from aquamvs_core.benchmark import STAGES, profile_frame  # noqa: E402
 from aquamvs_core.config import build_config  # noqa: E402
 from aquamvs_core.pairs import select_pairs  # noqa: E402
 from aquamvs_core.store import SurveyStore  # noqa: E402
 from aquamvs_core.survey import frame_key, load_survey_spec  # noqa: E402
 
 DEMO = ROOT / ".data" / "demo"
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def ensure_demo() -> Path:
@@ -62,26 +56,11 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path) -> dict:
     pairs = select_pairs(rig, spec.pair_neighbours)
     config = build_config(preset)
     key = frame_key(frame)
-    cams = steps.StoreCameras.load(store)
-    times: dict[str, float] = {}
-
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        out = fn()
-        times[name] = time.perf_counter() - t0
-        print(f"  {preset:9s} {name:16s} {times[name]:7.2f} s", flush=True)
-        return out
-
-    features: dict = {}
-    timed(
-        "sparse_matches",
-        lambda: [steps.sparse_step(store, key, p, config, cams, {}, features) for p in pairs],
-    )
-    timed("sparse_cloud", lambda: steps.sparse_cloud_step(store, key, pairs, config))
-    timed("pairwise_depths", lambda: [steps.pair_depth_step(store, key, p, config, cams) for p in pairs])
-    timed("camera_depths", lambda: steps.camera_depth_step(store, key, pairs, config))
-    cloud = timed("fused_cloud", lambda: steps.fusion_step(store, key, config))
-    mesh = timed("mesh", lambda: steps.mesh_step(store, key, config))
+    profiler, sizes = profile_frame(store, key, pairs, config)
+    table = profiler.table().set_index("stage")
+    times = {stage: float(table.loc[stage, "wall_s"]) for stage in STAGES}
+    for name, seconds in times.items():
+        print(f"  {preset:9s} {name:16s} {seconds:7.2f} s", flush=True)
     report = steps.quality_report(store, key, spec.ground_truth, config)
     dense = times["pairwise_depths"] + times["camera_depths"] + times["fused_cloud"] + times["mesh"]
     return {
@@ -91,9 +70,9 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path) -> dict:
         "times_s": {k: round(v, 2) for k, v in times.items()},
         "dense_s": round(dense, 2),
         "total_s": round(sum(times.values()), 2),
-        "points": len(cloud),
-        "vertices": len(mesh.vertices),
-        "peak_rss_mb": round(peak_rss_mb()),
+        "points": sizes["points"],
+        "vertices": sizes["vertices"],
+        "peak_rss_mb": round(float(table["peak_rss_mb"].max())),
         "quality": report,
     }
 
