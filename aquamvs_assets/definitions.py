@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from aquamvs_assets.assets.benchmarks import benchmark_summary, benchmark_tables
 from aquamvs_assets.assets.ingestion import frames, survey_calibration
 from aquamvs_assets.assets.pairs import build_pair_geometry_asset
 from aquamvs_assets.assets.reconstruction import build_reconstruction_assets
@@ -43,6 +44,8 @@ def build_definitions(
             frames,
             build_pair_geometry_asset(pairs, pair_partitions),
             *reconstruction_assets,
+            benchmark_tables,
+            benchmark_summary,
         ],
         jobs=[ingest_job, frames_job, *reconstruction_jobs],
         sensors=[new_frames_sensor],

@@ -58,3 +58,37 @@ def height_map_preview(points: np.ndarray, colors: np.ndarray | None = None, siz
     image = np.zeros((height, width, 3), dtype=np.uint8)
     image[row, col] = np.asarray(colors, dtype=np.uint8)
     return image
+
+
+def bar_chart(
+    labels: list[str], series: dict[str, list[float]], title: str = "", width: int = 640, bar_height: int = 16
+) -> np.ndarray:
+    """Horizontal grouped bar chart (RGB uint8): one group per label, one bar per series."""
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    names = list(series)
+    top, left, right = 28, 170, 70
+    group = bar_height * len(names) + 10
+    height = top + group * len(labels) + 12 + 18 * len(names)
+    image = np.full((height, width, 3), 255, dtype=np.uint8)
+    peak = max((v for values in series.values() for v in values if np.isfinite(v)), default=1.0) or 1.0
+    scale = (width - left - right) / peak
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(image, title, (8, 18), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, label in enumerate(labels):
+        y0 = top + i * group
+        cv2.putText(image, label[:24], (6, y0 + group // 2), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        for j, name in enumerate(names):
+            value = series[name][i]
+            y = y0 + j * bar_height
+            length = round(float(value) * scale) if np.isfinite(value) else 0
+            cv2.rectangle(
+                image, (left, y), (left + length, y + bar_height - 3), colours[j % len(colours)], -1
+            )
+            cv2.putText(
+                image, f"{value:.3g}", (left + length + 4, y + bar_height - 5), font, 0.38, (0, 0, 0), 1
+            )
+    for j, name in enumerate(names):
+        y = top + group * len(labels) + 8 + 18 * j
+        cv2.rectangle(image, (8, y), (22, y + 12), colours[j % len(colours)], -1)
+        cv2.putText(image, name, (28, y + 11), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    return image

@@ -13,6 +13,7 @@ Layout::
         <camera>                  (H, W, 3) uint8 RGB undistorted image, chunks = (H, W, 3)
                                   (consumers read whole images: one object per image on object stores)
       pairs/<ref>-<src>/          group, attrs: pair geometry (baseline, overlap through the water, ...)
+      tables/<name>.csv           tables (e.g. benchmark results), written with pandas, atomically
       products/<stage>/<frame>/<part>/   group of arrays written by a pipeline stage (sparse matches,
                                   depth maps, clouds, meshes), committed like frames; e.g.
                                   products/depth/f000001/cam0-cam1/{depth, confidence}
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import zarr
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
@@ -329,6 +331,34 @@ class SurveyStore:
         if not isinstance(group, zarr.Group) or group.attrs.get("complete") is not True:
             raise StoreKeyError(f"{self._root}: product {path} is not in the store (or is incomplete)")
         return group
+
+    # -- tables --------------------------------------------------------------------------------
+
+    def table_url(self, name: str) -> str:
+        _check_product_path(name)
+        return f"{self._root.rstrip('/')}/tables/{name}.csv"
+
+    def write_table(self, name: str, table: pd.DataFrame) -> str:
+        """Write ``table`` as CSV at ``tables/<name>.csv`` (temp file then rename on local disk; one
+        put on object stores, which is atomic). Returns its path or URL."""
+        url = self.table_url(name)
+        if is_url(url) and not url.startswith("file://"):
+            table.to_csv(url, index=False)
+            return url
+        path = Path(url.removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(path)
+        return str(path)
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """A table written by :meth:`write_table` (:class:`StoreKeyError` if absent)."""
+        url = self.table_url(name)
+        try:
+            return pd.read_csv(url)
+        except FileNotFoundError:
+            raise StoreKeyError(f"{self._root}: no table {name!r}") from None
 
     # -- frames --------------------------------------------------------------------------------
 

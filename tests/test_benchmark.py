@@ -99,3 +99,42 @@ def test_profile_command_prints_stages_and_bottlenecks(ingested, capsys):
     out = capsys.readouterr().out
     assert all(stage in out for stage in STAGES)
     assert "top bottlenecks:" in out and out.count("% of the time") == 3
+
+
+def test_benchmark_assets_materialize_a_table_and_a_summary(ingested, synthetic_survey_file):
+    import dagster as dg
+
+    from aquamvs_assets.assets.benchmarks import benchmark_summary, benchmark_tables
+    from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
+
+    spec, store, _ = ingested
+    resources = {
+        "survey": SurveyResource(survey_file=str(synthetic_survey_file)),
+        "store": ZarrStoreResource(root=spec.store),
+    }
+    run_config = {"ops": {"benchmark_tables": {"config": {"pathways": ["sift"], "presets": ["fast"]}}}}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("frames", [FRAME])
+        result = dg.materialize(
+            [benchmark_tables],
+            partition_key=FRAME,
+            instance=instance,
+            resources=resources,
+            run_config=run_config,
+        )
+        assert result.success
+        summary = dg.materialize(
+            [benchmark_tables, benchmark_summary],
+            selection=[benchmark_summary],
+            instance=instance,
+            resources=resources,
+        )
+        assert summary.success
+    table = store.read_table(f"benchmarks/{FRAME}")
+    assert list(table[["frame", "pathway", "preset"]].iloc[0]) == [FRAME, "sift", "fast"]
+    assert all(table[f"{s}_s"].iloc[0] > 0 for s in STAGES) and np.isfinite(table["median_mm"].iloc[0])
+    meta = result.asset_materializations_for_node("benchmark_tables")[0].metadata
+    assert "data:image/png;base64," in meta["stage_times"].value and len(meta["table"].value.records) == 1
+    totals = store.read_table("benchmark_summary")
+    assert len(totals) == 1 and totals["frames"].iloc[0] == 1
+    assert totals["median_mm"].iloc[0] == pytest.approx(table["median_mm"].iloc[0])
