@@ -45,6 +45,8 @@ ASSET_KEYS = {
     "camera_depths",
     "fused_cloud",
     "mesh",
+    "benchmark_tables",
+    "benchmark_summary",
 }
 PER_PAIR = {"sparse_matches", "pairwise_depths"}
 
