@@ -48,6 +48,10 @@ class ReconstructionSettings(dg.ConfigurableResource):
     export_dir: str | None = Field(
         None, description="also write <dir>/frame_NNNNNN/ files from the mesh asset"
     )
+    profile: bool = Field(
+        False,
+        description="profile each reconstruction stage (wall, CPU, peak RSS, CUDA) into metadata and logs",
+    )
     export_formats: list[str] = Field(default_factory=lambda: ["ply"], description="mesh formats to export")
 
     def config(self) -> ReconstructionConfig:

@@ -138,3 +138,33 @@ def test_benchmark_assets_materialize_a_table_and_a_summary(ingested, synthetic_
     totals = store.read_table("benchmark_summary")
     assert len(totals) == 1 and totals["frames"].iloc[0] == 1
     assert totals["median_mm"].iloc[0] == pytest.approx(table["median_mm"].iloc[0])
+
+
+def test_profile_run_flag_adds_stage_profile_metadata(ingested, synthetic_survey_file):
+    import dagster as dg
+
+    from aquamvs_assets.assets.reconstruction import build_reconstruction_assets
+    from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partitions
+    from aquamvs_assets.resources import ReconstructionSettings, ZarrStoreResource
+
+    spec, store, pairs = ingested
+    profile_frame(store, FRAME, pairs, build_config("fast"))  # upstream products of fused_cloud
+    parts = camera_pair_partitions(pairs)
+    assets = {
+        a.key.to_user_string(): a
+        for a in build_reconstruction_assets(pairs, parts, frame_pair_partitions(parts), None)
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("frames", [FRAME])
+        result = dg.materialize(
+            [assets["fused_cloud"]],
+            partition_key=FRAME,
+            instance=instance,
+            resources={
+                "store": ZarrStoreResource(root=spec.store),
+                "reconstruction": ReconstructionSettings(preset="fast", profile=True),
+            },
+        )
+    meta = result.asset_materializations_for_node("fused_cloud")[0].metadata
+    assert meta["profile_wall_s"].value > 0 and meta["profile_cpu_s"].value > 0
+    assert meta["profile_peak_rss_mb"].value > 50

@@ -8,6 +8,8 @@ frame. A run may cover several partitions (single-run backfills): the steps loop
 """
 
 import base64
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +19,7 @@ from aquamvs_assets.resources import ReconstructionSettings, ZarrStoreResource
 from aquamvs_core import reconstruct as steps
 from aquamvs_core.pairs import CameraPair
 from aquamvs_core.preview import encode_png, height_map_preview
+from aquamvs_core.profiling import Profiler
 
 QUALITY_CHECK = "reconstruction_quality"
 GROUP = "reconstruction"
@@ -24,6 +27,32 @@ GROUP = "reconstruction"
 
 def _by_frame(context: dg.AssetExecutionContext) -> list[str]:
     return list(dict.fromkeys(context.partition_keys))
+
+
+@contextmanager
+def _stage(
+    context: dg.AssetExecutionContext, settings: ReconstructionSettings, metadata: dict
+) -> Iterator[None]:
+    """Profile the asset's work when ``settings.profile`` (the run-config flag): log it and add
+    ``profile_*`` metadata (seconds, MB)."""
+    if not settings.profile:
+        yield
+        return
+    profiler = Profiler()
+    with profiler.stage(context.asset_key.to_user_string()):
+        yield
+    r = profiler.records[-1]
+    context.log.info(
+        f"profile: wall {r.wall_s:.2f} s, CPU {r.cpu_s:.2f} s, peak RSS {r.peak_rss_mb:.0f} MB"
+        + (f", CUDA {r.cuda_s:.2f} s / {r.cuda_peak_mb:.0f} MB" if r.cuda_s is not None else "")
+    )
+    metadata.update(
+        profile_wall_s=round(r.wall_s, 3),
+        profile_cpu_s=round(r.cpu_s, 3),
+        profile_peak_rss_mb=round(r.peak_rss_mb, 1),
+    )
+    if r.cuda_s is not None:
+        metadata.update(profile_cuda_s=round(r.cuda_s, 3), profile_cuda_peak_mb=round(r.cuda_peak_mb, 1))
 
 
 def _png(png: bytes, alt: str) -> dg.MetadataValue:
@@ -59,6 +88,8 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
+        profiled, profile_meta = ExitStack(), {}
+        profiled.enter_context(_stage(context, reconstruction, profile_meta))
         cams = steps.StoreCameras.load(zs)
         model_cache: dict = {}
         features: dict = {}  # per-image features of the current frame, shared by its pairs
@@ -71,8 +102,10 @@ def build_reconstruction_assets(
             summaries[key] = steps.sparse_step(zs, frame, pair, config, cams, model_cache, features)
             context.log.info(f"{key}: {summaries[key]['kept']}/{summaries[key]['matches']} matches kept")
         last = summaries[context.partition_keys[-1]]
+        profiled.close()
         return dg.MaterializeResult(
             metadata={
+                **profile_meta,
                 "partitions": len(summaries),
                 "matches": last["matches"],
                 "kept": last["kept"],
@@ -93,12 +126,16 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
+        profiled, profile_meta = ExitStack(), {}
+        profiled.enter_context(_stage(context, reconstruction, profile_meta))
         for frame in _by_frame(context):
             summary = steps.sparse_cloud_step(zs, frame, pairs, config)
             context.log.info(f"{frame}: {summary['points']} sparse points")
         ranges = summary["depth_ranges"]
+        profiled.close()
         return dg.MaterializeResult(
             metadata={
+                **profile_meta,
                 "points": summary["points"],
                 "depth_ranges": dg.MetadataValue.table(
                     [
@@ -142,6 +179,8 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
+        profiled, profile_meta = ExitStack(), {}
+        profiled.enter_context(_stage(context, reconstruction, profile_meta))
         cams = steps.StoreCameras.load(zs)
         summaries = {}
         for n, key in enumerate(context.partition_keys, start=1):
@@ -154,8 +193,10 @@ def build_reconstruction_assets(
                 f"({n}/{len(context.partition_keys)})"
             )
         last = next(reversed(summaries.values()), {})
+        profiled.close()
         return dg.MaterializeResult(
             metadata={
+                **profile_meta,
                 "partitions": len(summaries),
                 "valid_fraction": last.get("valid_fraction"),
                 "seconds": last.get("seconds"),
@@ -177,12 +218,16 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
+        profiled, profile_meta = ExitStack(), {}
+        profiled.enter_context(_stage(context, reconstruction, profile_meta))
         aux = set(zs.read_rig().auxiliary_names)
         chosen = [p for p in used_pairs if config.use_auxiliary_sources or p.src not in aux]
         for frame in _by_frame(context):
             summary = steps.camera_depth_step(zs, frame, chosen, config)
+        profiled.close()
         return dg.MaterializeResult(
             metadata={
+                **profile_meta,
                 "cameras": len(summary),
                 "valid_fraction": dg.MetadataValue.json({c: s["valid_fraction"] for c, s in summary.items()}),
             }
@@ -201,11 +246,15 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
+        profiled, profile_meta = ExitStack(), {}
+        profiled.enter_context(_stage(context, reconstruction, profile_meta))
         for frame in _by_frame(context):
             cloud = steps.fusion_step(zs, frame, config)
             context.log.info(f"{frame}: {len(cloud)} fused points {cloud.stats}")
+        profiled.close()
         return dg.MaterializeResult(
             metadata={
+                **profile_meta,
                 "points": len(cloud),
                 "stats": dg.MetadataValue.json(cloud.stats),
                 "z_range_m": [
@@ -247,6 +296,8 @@ def build_reconstruction_assets(
         reconstruction: ReconstructionSettings,
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
+        profiled, profile_meta = ExitStack(), {}
+        profiled.enter_context(_stage(context, reconstruction, profile_meta))
         check_results = []
         for frame in _by_frame(context):
             result = steps.mesh_step(zs, frame, config)
@@ -269,8 +320,10 @@ def build_reconstruction_assets(
                         metadata={k: v for k, v in report.items() if k != "passed" and v is not None},
                     )
                 )
+        profiled.close()
         return dg.MaterializeResult(
             metadata={
+                **profile_meta,
                 "vertices": len(result.vertices),
                 "triangles": len(result.triangles),
                 "method": config.mesh.method,
