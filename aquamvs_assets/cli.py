@@ -63,10 +63,32 @@ def run_reconstruction(
     )
     run_stage(defs.resolve_job_def(INGEST_JOB), instance, keys)
     checks: list[dg.AssetCheckEvaluation] = []
+    profiles: list[tuple[str, float, float, float]] = []
     for n, (job_name, assets, per_pair) in enumerate(RECONSTRUCTION_STAGES, start=1):
         log.info("stage %d/%d: %s", n, len(RECONSTRUCTION_STAGES), ", ".join(assets))
         results = run_stage(defs.resolve_job_def(job_name), instance, keys, pair_keys if per_pair else None)
         checks += [c for r in results for c in r.get_asset_check_evaluations()]
+        for result in results:
+            for asset in assets:
+                for event in result.asset_materializations_for_node(asset):
+                    meta = event.metadata
+                    if "profile_wall_s" in meta:
+                        profiles.append(
+                            (
+                                asset,
+                                meta["profile_wall_s"].value,
+                                meta["profile_cpu_s"].value,
+                                meta["profile_peak_rss_mb"].value,
+                            )
+                        )
+    if profiles:
+        total = sum(p[1] for p in profiles)
+        print("top bottlenecks (profiled stages):")
+        for asset, wall, cpu, rss in sorted(profiles, key=lambda p: -p[1])[:3]:
+            print(
+                f"  - {asset}: {wall:.2f} s ({100 * wall / total:.0f} % of the time), CPU {cpu:.2f} s, "
+                f"peak RSS {rss:.0f} MB"
+            )
     return keys, checks
 
 
@@ -170,6 +192,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     )
     survey_file = spec.to_yaml(work / "survey.yaml")
     settings = ReconstructionSettings(
+        profile=args.profile,
         preset=args.preset,
         pathway=args.pathway,
         config_file=str(Path(args.config).resolve()) if args.config else None,
@@ -309,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mesh file formats (repeatable; default ply)",
     )
+    rec.add_argument("--profile", action="store_true", help="profile every stage and print the bottlenecks")
     rec.add_argument("--ground-truth", help="ground_truth.npz of a synthetic survey: report accuracy")
     rec.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME, else a temporary one)")
     rec.set_defaults(func=cmd_reconstruct)

@@ -68,11 +68,13 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
             "ply",
             "--mesh-format",
             "glb",
+            "--profile",
         ]
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "quality vs ground truth (met)" in printed
+    assert "top bottlenecks (profiled stages):" in printed and printed.count("% of the time") == 3
 
     # The files of the contract, in the world frame (metres, Z down), re-loadable.
     cloud = o3d.io.read_point_cloud(str(out / "frame_000000" / "fused_cloud.ply"))
