@@ -31,8 +31,7 @@ def profile_frame(
     each. Returns the profiler and the output sizes."""
     profiler = profiler or Profiler()
     cams = steps.StoreCameras.load(store)
-    aux = set(store.read_rig().auxiliary_names)
-    dense_pairs = [p for p in pairs if config.use_auxiliary_sources or p.src not in aux]
+    dense_pairs = steps.dense_pairs(store, pairs, config)
     features: dict = {}
     models: dict = {}
     with profiler.stage("sparse_matches"):

@@ -57,6 +57,17 @@ class StoreCameras:
         return cls(cams, store.read_valid_masks(), rig.content_hash)
 
 
+def dense_pairs(
+    store: SurveyStore, pairs: Sequence[CameraPair], config: ReconstructionConfig
+) -> list[CameraPair]:
+    """The pairs the plane sweep uses: all of them, or without auxiliary sources when
+    ``config.use_auxiliary_sources`` is off."""
+    if config.use_auxiliary_sources:
+        return list(pairs)
+    aux = set(store.read_rig().auxiliary_names)
+    return [p for p in pairs if p.src not in aux]
+
+
 def _provenance(store_cams: StoreCameras, frame: str, config: ReconstructionConfig, **extra: Any) -> dict:
     return {
         "frame": frame,

@@ -8,8 +8,6 @@ frame. A run may cover several partitions (single-run backfills): the steps loop
 """
 
 import base64
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -29,30 +27,35 @@ def _by_frame(context: dg.AssetExecutionContext) -> list[str]:
     return list(dict.fromkeys(context.partition_keys))
 
 
-@contextmanager
-def _stage(
-    context: dg.AssetExecutionContext, settings: ReconstructionSettings, metadata: dict
-) -> Iterator[None]:
-    """Profile the asset's work when ``settings.profile`` (the run-config flag): log it and add
-    ``profile_*`` metadata (seconds, MB)."""
-    if not settings.profile:
-        yield
-        return
-    profiler = Profiler()
-    with profiler.stage(context.asset_key.to_user_string()):
-        yield
-    r = profiler.records[-1]
-    context.log.info(
-        f"profile: wall {r.wall_s:.2f} s, CPU {r.cpu_s:.2f} s, peak RSS {r.peak_rss_mb:.0f} MB"
-        + (f", CUDA {r.cuda_s:.2f} s / {r.cuda_peak_mb:.0f} MB" if r.cuda_s is not None else "")
-    )
-    metadata.update(
-        profile_wall_s=round(r.wall_s, 3),
-        profile_cpu_s=round(r.cpu_s, 3),
-        profile_peak_rss_mb=round(r.peak_rss_mb, 1),
-    )
-    if r.cuda_s is not None:
-        metadata.update(profile_cuda_s=round(r.cuda_s, 3), profile_cuda_peak_mb=round(r.cuda_peak_mb, 1))
+class _StageProfile:
+    """Profiles an asset's work when ``settings.profile`` (the run-config flag); :meth:`finish`
+    logs it and returns ``profile_*`` metadata (seconds, MB), or nothing when profiling is off."""
+
+    def __init__(self, context: dg.AssetExecutionContext, settings: ReconstructionSettings):
+        self._context = context
+        self._profiler = Profiler() if settings.profile else None
+        self._stage = self._profiler.stage(context.asset_key.to_user_string()) if self._profiler else None
+        if self._stage is not None:
+            self._stage.__enter__()
+
+    def finish(self) -> dict:
+        if self._stage is None:
+            return {}
+        self._stage.__exit__(None, None, None)
+        self._stage = None
+        r = self._profiler.records[-1]
+        self._context.log.info(
+            f"profile: wall {r.wall_s:.2f} s, CPU {r.cpu_s:.2f} s, peak RSS {r.peak_rss_mb:.0f} MB"
+            + (f", CUDA {r.cuda_s:.2f} s / {r.cuda_peak_mb:.0f} MB" if r.cuda_s is not None else "")
+        )
+        meta = {
+            "profile_wall_s": round(r.wall_s, 3),
+            "profile_cpu_s": round(r.cpu_s, 3),
+            "profile_peak_rss_mb": round(r.peak_rss_mb, 1),
+        }
+        if r.cuda_s is not None:
+            meta.update(profile_cuda_s=round(r.cuda_s, 3), profile_cuda_peak_mb=round(r.cuda_peak_mb, 1))
+        return meta
 
 
 def _png(png: bytes, alt: str) -> dg.MetadataValue:
@@ -88,8 +91,7 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
-        profiled, profile_meta = ExitStack(), {}
-        profiled.enter_context(_stage(context, reconstruction, profile_meta))
+        profile = _StageProfile(context, reconstruction)
         cams = steps.StoreCameras.load(zs)
         model_cache: dict = {}
         features: dict = {}  # per-image features of the current frame, shared by its pairs
@@ -102,10 +104,9 @@ def build_reconstruction_assets(
             summaries[key] = steps.sparse_step(zs, frame, pair, config, cams, model_cache, features)
             context.log.info(f"{key}: {summaries[key]['kept']}/{summaries[key]['matches']} matches kept")
         last = summaries[context.partition_keys[-1]]
-        profiled.close()
         return dg.MaterializeResult(
             metadata={
-                **profile_meta,
+                **profile.finish(),
                 "partitions": len(summaries),
                 "matches": last["matches"],
                 "kept": last["kept"],
@@ -126,16 +127,14 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
-        profiled, profile_meta = ExitStack(), {}
-        profiled.enter_context(_stage(context, reconstruction, profile_meta))
+        profile = _StageProfile(context, reconstruction)
         for frame in _by_frame(context):
             summary = steps.sparse_cloud_step(zs, frame, pairs, config)
             context.log.info(f"{frame}: {summary['points']} sparse points")
         ranges = summary["depth_ranges"]
-        profiled.close()
         return dg.MaterializeResult(
             metadata={
-                **profile_meta,
+                **profile.finish(),
                 "points": summary["points"],
                 "depth_ranges": dg.MetadataValue.table(
                     [
@@ -179,13 +178,13 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
-        profiled, profile_meta = ExitStack(), {}
-        profiled.enter_context(_stage(context, reconstruction, profile_meta))
+        profile = _StageProfile(context, reconstruction)
         cams = steps.StoreCameras.load(zs)
+        swept = {p.key for p in steps.dense_pairs(zs, pairs, config)}
         summaries = {}
         for n, key in enumerate(context.partition_keys, start=1):
             frame, pair = split(key)
-            if pair.src in zs.read_rig().auxiliary_names and not config.use_auxiliary_sources:
+            if pair.key not in swept:
                 continue
             summaries[key] = s = steps.pair_depth_step(zs, frame, pair, config, cams)
             context.log.info(
@@ -193,18 +192,15 @@ def build_reconstruction_assets(
                 f"({n}/{len(context.partition_keys)})"
             )
         last = next(reversed(summaries.values()), {})
-        profiled.close()
         return dg.MaterializeResult(
             metadata={
-                **profile_meta,
+                **profile.finish(),
                 "partitions": len(summaries),
                 "valid_fraction": last.get("valid_fraction"),
                 "seconds": last.get("seconds"),
                 "num_depths": config.plane_sweep.num_depths,
             }
         )
-
-    used_pairs = pairs
 
     @dg.asset(
         partitions_def=frames.partitions_def,
@@ -218,16 +214,13 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
-        profiled, profile_meta = ExitStack(), {}
-        profiled.enter_context(_stage(context, reconstruction, profile_meta))
-        aux = set(zs.read_rig().auxiliary_names)
-        chosen = [p for p in used_pairs if config.use_auxiliary_sources or p.src not in aux]
+        profile = _StageProfile(context, reconstruction)
+        chosen = steps.dense_pairs(zs, pairs, config)
         for frame in _by_frame(context):
             summary = steps.camera_depth_step(zs, frame, chosen, config)
-        profiled.close()
         return dg.MaterializeResult(
             metadata={
-                **profile_meta,
+                **profile.finish(),
                 "cameras": len(summary),
                 "valid_fraction": dg.MetadataValue.json({c: s["valid_fraction"] for c, s in summary.items()}),
             }
@@ -246,15 +239,13 @@ def build_reconstruction_assets(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
-        profiled, profile_meta = ExitStack(), {}
-        profiled.enter_context(_stage(context, reconstruction, profile_meta))
+        profile = _StageProfile(context, reconstruction)
         for frame in _by_frame(context):
             cloud = steps.fusion_step(zs, frame, config)
             context.log.info(f"{frame}: {len(cloud)} fused points {cloud.stats}")
-        profiled.close()
         return dg.MaterializeResult(
             metadata={
-                **profile_meta,
+                **profile.finish(),
                 "points": len(cloud),
                 "stats": dg.MetadataValue.json(cloud.stats),
                 "z_range_m": [
@@ -296,8 +287,7 @@ def build_reconstruction_assets(
         reconstruction: ReconstructionSettings,
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
-        profiled, profile_meta = ExitStack(), {}
-        profiled.enter_context(_stage(context, reconstruction, profile_meta))
+        profile = _StageProfile(context, reconstruction)
         check_results = []
         for frame in _by_frame(context):
             result = steps.mesh_step(zs, frame, config)
@@ -320,10 +310,9 @@ def build_reconstruction_assets(
                         metadata={k: v for k, v in report.items() if k != "passed" and v is not None},
                     )
                 )
-        profiled.close()
         return dg.MaterializeResult(
             metadata={
-                **profile_meta,
+                **profile.finish(),
                 "vertices": len(result.vertices),
                 "triangles": len(result.triangles),
                 "method": config.mesh.method,
