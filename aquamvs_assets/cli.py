@@ -15,7 +15,7 @@ import dagster as dg
 from aquamvs_assets.definitions import build_definitions
 from aquamvs_assets.jobs import INGEST_JOB, RECONSTRUCTION_STAGES
 from aquamvs_assets.project import DEMO_SURVEY_DIR, PROJECT_ROOT, ensure_dagster_home
-from aquamvs_assets.resources import ReconstructionSettings
+from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
 from aquamvs_assets.runner import register_frames, run_stage
 from aquamvs_core.calibration import CalibrationError
 from aquamvs_core.survey import Survey, SurveyError, frame_key, load_survey_spec
@@ -50,12 +50,13 @@ def run_reconstruction(
     instance: dg.DagsterInstance,
     settings: ReconstructionSettings,
     frames: list[int] | None = None,
+    roma: RomaMatcher | None = None,
 ) -> tuple[list[str], list[dg.AssetCheckEvaluation]]:
     """Ingest the frames, then materialize every reconstruction stage for them; returns the frame
     keys and the quality-check evaluations (when the survey has ground truth)."""
     keys = _frame_keys(survey_file, frames)
     register_frames(instance, keys)
-    defs = build_definitions(survey_file, settings)
+    defs = build_definitions(survey_file, settings, roma)
     pair_keys = (
         defs.resolve_assets_def("sparse_matches")
         .partitions_def.get_partitions_def_for_dimension("pair")
@@ -169,14 +170,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from aquamvs_core.store import SurveyStore
     from aquamvs_core.survey import SurveySpec, discover_inputs
 
-    if args.pathway == "roma":
-        raise SurveyError("--pathway roma: the RoMa dense pathway is not available in this version")
     calibration = Path(args.calibration).resolve()
     inputs = Path(args.input_dir).resolve()
     out_dir = Path(args.out_dir).resolve()
     rig = load_calibration(calibration)
     discover_inputs(inputs, rig.camera_names)  # unknown or missing cameras: a clear error now
     build_config(args.preset, args.pathway, args.config)  # validate before any work
+    roma = _roma_matcher(args) if args.pathway == "roma" else None
+    if roma is not None:
+        roma.settings().checkpoints.check()  # missing weights: a clear error before any work
     frames = _parse_frames(args.frames)
     work = out_dir / ".aquamvs"
     work.mkdir(parents=True, exist_ok=True)
@@ -201,7 +203,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="aquamvs-dagster-") as tmp:
         home = ensure_dagster_home(args.dagster_home or os.environ.get("DAGSTER_HOME") or tmp)
         instance = dg.DagsterInstance.from_config(str(home))
-        keys, checks = run_reconstruction(survey_file, instance, settings, frames)
+        keys, checks = run_reconstruction(survey_file, instance, settings, frames, roma)
         store = SurveyStore(spec.store, read_only=True)
         for key in keys:
             for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
@@ -209,6 +211,52 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         _print_checks(checks)
     print(f"reconstructed {len(keys)} frame(s) in {time.perf_counter() - t0:.1f} s; store: {spec.store}")
     return 0
+
+
+def _roma_checkpoints(args: argparse.Namespace):
+    from aquamvs_core.dense.roma import RomaCheckpoints
+
+    default = (
+        RomaCheckpoints.in_dir(args.roma_weights_dir) if args.roma_weights_dir else RomaCheckpoints.in_dir()
+    )
+    return RomaCheckpoints(
+        Path(args.roma_matcher or default.matcher).resolve(),
+        Path(args.roma_dinov2 or default.dinov2).resolve(),
+    )
+
+
+def _roma_matcher(args: argparse.Namespace) -> RomaMatcher:
+    checkpoints = _roma_checkpoints(args)
+    return RomaMatcher(
+        device=args.roma_device,
+        matcher_checkpoint=str(checkpoints.matcher),
+        dinov2_checkpoint=str(checkpoints.dinov2),
+        coarse_res=args.roma_coarse_res,
+    )
+
+
+def cmd_roma_verify(args: argparse.Namespace) -> int:
+    """``aquamvs roma-verify``: load the RoMa checkpoints strictly and report their parameters."""
+    from aquamvs_core.dense.roma import verify_checkpoints
+
+    checkpoints = _roma_checkpoints(args)
+    print(f"matcher: {checkpoints.matcher}\ndinov2:  {checkpoints.dinov2}")
+    counts = verify_checkpoints(checkpoints)
+    print(
+        f"ok: loaded strictly; {counts['matcher']:,} matcher + {counts['dinov2']:,} DINOv2 parameters "
+        f"= {counts['total']:,}"
+    )
+    return 0
+
+
+def _add_roma_weight_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--roma-weights-dir",
+        help="folder holding roma_outdoor.pth and dinov2_vitl14_pretrain.pth "
+        "(default: $AQUAMVS_WEIGHTS_DIR or ~/.cache/aquamvs/weights)",
+    )
+    parser.add_argument("--roma-matcher", help="RoMa outdoor checkpoint file (overrides the folder)")
+    parser.add_argument("--roma-dinov2", help="DINOv2 ViT-L/14 checkpoint file (overrides the folder)")
 
 
 def _survey_with_frame(survey: str | None, frame: int, dagster_home: str | None) -> Path:
@@ -335,7 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--profile", action="store_true", help="profile every stage and print the bottlenecks")
     rec.add_argument("--ground-truth", help="ground_truth.npz of a synthetic survey: report accuracy")
     rec.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME, else a temporary one)")
+    _add_roma_weight_args(rec)
+    rec.add_argument("--roma-device", default="auto", help="torch device for RoMa (default: CUDA if any)")
+    rec.add_argument("--roma-coarse-res", type=int, default=560, help="RoMa matching resolution, px")
     rec.set_defaults(func=cmd_reconstruct)
+
+    verify = sub.add_parser(
+        "roma-verify", help="check RoMa checkpoints: load them strictly and report the parameter counts"
+    )
+    _add_roma_weight_args(verify)
+    verify.set_defaults(func=cmd_roma_verify)
 
     prof = sub.add_parser("profile", help="profile every stage of one frame and print the bottlenecks")
     prof.add_argument("survey", nargs="?", help="survey YAML (default: the built-in demo)")

@@ -16,7 +16,7 @@ from aquamvs_assets.assets.reconstruction import build_reconstruction_assets
 from aquamvs_assets.jobs import frames_job, ingest_job, reconstruction_jobs
 from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partitions
 from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
-from aquamvs_assets.resources import ReconstructionSettings, SurveyResource, ZarrStoreResource
+from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
 from aquamvs_core.calibration import load_calibration
 from aquamvs_core.pairs import select_pairs
@@ -26,11 +26,14 @@ log = logging.getLogger("aquamvs.definitions")
 
 
 def build_definitions(
-    survey_file: str | Path, reconstruction: ReconstructionSettings | None = None
+    survey_file: str | Path,
+    reconstruction: ReconstructionSettings | None = None,
+    roma: RomaMatcher | None = None,
 ) -> dg.Definitions:
     """Definitions for one survey (one rig): its assets, jobs, sensor and resources.
 
-    ``reconstruction`` sets the default reconstruction configuration (launchpad runs can change it).
+    ``reconstruction`` sets the default reconstruction configuration and ``roma`` the RoMa matcher's
+    (launchpad runs can change both).
     """
     spec = load_survey_spec(survey_file)
     pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
@@ -53,6 +56,7 @@ def build_definitions(
             "survey": SurveyResource(survey_file=str(Path(survey_file).resolve())),
             "store": ZarrStoreResource(root=spec.store),
             "reconstruction": reconstruction or ReconstructionSettings(),
+            "roma": roma or RomaMatcher(),
         },
     )
 

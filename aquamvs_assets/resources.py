@@ -1,6 +1,11 @@
-"""Resources: the survey (calibration + inputs) and the Zarr store."""
+"""Resources: the survey (calibration + inputs), the Zarr store, the reconstruction settings, and the
+RoMa matcher (a model loaded for one materialization and disposed of when it ends)."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import yaml
@@ -8,6 +13,15 @@ from pydantic import Field
 
 from aquamvs_core.calibration import Rig, load_calibration
 from aquamvs_core.config import ReconstructionConfig, build_config
+from aquamvs_core.dense.roma import DEFAULT_WEIGHTS_DIR as ROMA_WEIGHTS_DIR
+from aquamvs_core.dense.roma import (
+    DINOV2_FILE,
+    MATCHER_FILE,
+    RomaSession,
+    RomaSettings,
+    load_roma,
+    memory_in_use,
+)
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Survey, SurveySpec, load_survey_spec
 
@@ -57,3 +71,52 @@ class ReconstructionSettings(dg.ConfigurableResource):
     def config(self) -> ReconstructionConfig:
         overrides = yaml.safe_load(self.overrides_yaml) if self.overrides_yaml.strip() else None
         return build_config(self.preset, self.pathway, self.config_file, overrides)
+
+
+class RomaMatcher(dg.ConfigurableResource):
+    """RoMa (v1, outdoor) from local checkpoints, for the ``roma`` pathway's pairwise depths.
+
+    :meth:`session` loads the model when a materialization needs it and disposes of it when the
+    block ends (model deleted, ``gc.collect()``, CUDA cache emptied), logging both with the memory in
+    use. One materialization over many frame × pair partitions (a single-run backfill) loads it once.
+    Nothing is downloaded: missing files raise an error naming the paths (``aquamvs roma-verify``
+    checks a checkpoint).
+    """
+
+    device: str = Field("auto", description="torch device for RoMa, or 'auto' (CUDA when available)")
+    matcher_checkpoint: str = Field(
+        str(ROMA_WEIGHTS_DIR / MATCHER_FILE), description="RoMa outdoor checkpoint (.pth), a local file"
+    )
+    dinov2_checkpoint: str = Field(
+        str(ROMA_WEIGHTS_DIR / DINOV2_FILE), description="DINOv2 ViT-L/14 checkpoint (.pth), a local file"
+    )
+    coarse_res: int = Field(560, description="matching resolution, px (multiple of 14); 560 is RoMa's")
+    certainty_threshold: float = Field(0.3, description="warp cells below this certainty are dropped")
+    sample_budget: int | None = Field(
+        None, description="correspondences per pair from romatch's balanced sampler (None: all cells)"
+    )
+
+    def settings(self) -> RomaSettings:
+        return RomaSettings(
+            device=self.device,
+            matcher_checkpoint=self.matcher_checkpoint,
+            dinov2_checkpoint=self.dinov2_checkpoint,
+            coarse_res=self.coarse_res,
+            certainty_threshold=self.certainty_threshold,
+            sample_budget=self.sample_budget,
+        )
+
+    @contextmanager
+    def session(self, log: logging.Logger | dg.DagsterLogManager | None = None) -> Iterator[RomaSession]:
+        """The loaded model for the duration of the block; disposed of afterwards, also on errors."""
+        log = log or logging.getLogger("aquamvs.roma")
+        session = load_roma(self.settings())
+        log.info(
+            f"RoMa loaded on {session.device} ({session.num_parameters / 1e6:.0f} M parameters, "
+            f"coarse resolution {self.coarse_res}): {memory_in_use()}"
+        )
+        try:
+            yield session
+        finally:
+            session.close()
+            log.info(f"RoMa disposed of: {memory_in_use()}")

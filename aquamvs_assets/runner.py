@@ -31,6 +31,13 @@ def _contiguous(instance: dg.DagsterInstance, keys: Sequence[str]) -> bool:
     return registered[i : j + 1] == list(keys)
 
 
+def _root_cause(error) -> str:
+    """The innermost error message of a step failure (the user's error, not Dagster's wrapper)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def run_stage(
     job: dg.JobDefinition,
     instance: dg.DagsterInstance,
@@ -57,7 +64,7 @@ def run_stage(
         result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         if not result.success:
             failure = next((e for e in result.all_events if e.is_step_failure), None)
-            reason = failure.event_specific_data.error.message.strip() if failure else "see the run's logs"
+            reason = _root_cause(failure.event_specific_data.error) if failure else "see the run's logs"
             raise RuntimeError(f"run {result.run_id} of {job.name} failed: {reason}")
         results.append(result)
     return results

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aquamvs_core.dense.warp_depth import WarpDepthConfig
 from aquamvs_core.fusion import FusionConfig
 from aquamvs_core.mesh import MeshConfig
 from aquamvs_core.sparse.matching import SparseMatchConfig
@@ -58,7 +59,11 @@ class ReconstructionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: Preset = Field("balanced", description="the preset this configuration started from")
-    pathway: Pathway = Field("sift", description="sparse matcher: sift, lightglue (ALIKED), or roma")
+    pathway: Pathway = Field(
+        "sift",
+        description="sift or lightglue (ALIKED): sparse matches, then the refractive plane sweep; roma: "
+        "SIFT sparse points for depth ranges, then RoMa's dense warps turned into depth",
+    )
     torch_threads: int | None = Field(
         1,
         ge=1,
@@ -72,6 +77,7 @@ class ReconstructionConfig(BaseModel):
     triangulation: TriangulationConfig = TriangulationConfig()
     depth_range: DepthRangeConfig = DepthRangeConfig()
     plane_sweep: PlaneSweepConfig = PlaneSweepConfig()
+    roma: WarpDepthConfig = WarpDepthConfig()
     fusion: FusionConfig = FusionConfig()
     mesh: MeshConfig = MeshConfig()
     quality: QualityTargets = QualityTargets()

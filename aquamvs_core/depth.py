@@ -8,7 +8,7 @@ from the water surface, so the 3-D point of pixel (u, v) is ``origin + depth * d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,3 +58,18 @@ class DepthMap:
         origins, directions, ok = camera.cast_ray(pixels)
         points = point_at_ray_depth(origins, directions, torch.nan_to_num(self.depth))
         return points, ok & self.valid
+
+
+@dataclass
+class CameraDepth(DepthMap):
+    """A camera's combined :class:`~aquamvs_core.depth.DepthMap` plus the agreement statistics.
+
+    Attributes:
+        support: (H, W) int32 number of pairs in the consensus (0 where ``depth`` is NaN).
+        candidates: (H, W) int32 number of pairs with a confident depth.
+        timings: seconds per stage, where known.
+    """
+
+    support: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)

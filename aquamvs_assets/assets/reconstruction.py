@@ -13,13 +13,15 @@ from pathlib import Path
 import dagster as dg
 
 from aquamvs_assets.assets.ingestion import frames
-from aquamvs_assets.resources import ReconstructionSettings, ZarrStoreResource
+from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, ZarrStoreResource
 from aquamvs_core import reconstruct as steps
 from aquamvs_core.pairs import CameraPair
 from aquamvs_core.preview import encode_png, height_map_preview
 from aquamvs_core.profiling import Profiler
 
 QUALITY_CHECK = "reconstruction_quality"
+#: Concurrency pool of the GPU-bound assets (limit 1 in dagster.yaml: one model per card).
+GPU_POOL = "gpu"
 GROUP = "reconstruction"
 
 
@@ -170,35 +172,51 @@ def build_reconstruction_assets(
         ],
         group_name=GROUP,
         kinds={"zarr", "torch"},
+        pool=GPU_POOL,
         backfill_policy=dg.BackfillPolicy.single_run(),
         automation_condition=dg.AutomationCondition.eager(),
-        description="Refractive plane-sweep depth and confidence of the reference camera of a pair.",
+        description="Depth and confidence of the reference camera of a pair: the refractive plane "
+        "sweep, or (pathway roma) RoMa's dense warp triangulated through the water.",
     )
     def pairwise_depths(
-        context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
+        context: dg.AssetExecutionContext,
+        store: ZarrStoreResource,
+        reconstruction: ReconstructionSettings,
+        roma: RomaMatcher,
     ) -> dg.MaterializeResult:
         zs, config = store.get(), reconstruction.config()
         profile = _StageProfile(context, reconstruction)
         cams = steps.StoreCameras.load(zs)
-        swept = {p.key for p in steps.dense_pairs(zs, pairs, config)}
+        chosen = {p.key for p in steps.dense_pairs(zs, pairs, config)}
+        todo = [(key, *split(key)) for key in context.partition_keys if split(key)[1].key in chosen]
         summaries = {}
-        for n, key in enumerate(context.partition_keys, start=1):
-            frame, pair = split(key)
-            if pair.key not in swept:
-                continue
-            summaries[key] = s = steps.pair_depth_step(zs, frame, pair, config, cams)
+
+        def report(n: int, key: str, s: dict) -> None:
             context.log.info(
-                f"{key}: {s['valid_fraction']:.1%} pixels with depth, {s['seconds']:.1f} s "
-                f"({n}/{len(context.partition_keys)})"
+                f"{key}: {s['valid_fraction']:.1%} with depth, {s['seconds']:.1f} s ({n}/{len(todo)})"
             )
+
+        if config.pathway == "roma":
+            settings = roma.settings()
+            with roma.session(context.log) as session:  # loaded once for every partition of the run
+                for n, (key, frame, pair) in enumerate(todo, start=1):
+                    summaries[key] = steps.roma_pair_depth_step(
+                        zs, frame, pair, config, session, settings.certainty_threshold,
+                        settings.sample_budget, cams,
+                    )  # fmt: skip
+                    report(n, key, summaries[key])
+        else:
+            for n, (key, frame, pair) in enumerate(todo, start=1):
+                summaries[key] = steps.pair_depth_step(zs, frame, pair, config, cams)
+                report(n, key, summaries[key])
         last = next(reversed(summaries.values()), {})
         return dg.MaterializeResult(
             metadata={
                 **profile.finish(),
+                "pathway": config.pathway,
                 "partitions": len(summaries),
                 "valid_fraction": last.get("valid_fraction"),
                 "seconds": last.get("seconds"),
-                "num_depths": config.plane_sweep.num_depths,
             }
         )
 

@@ -8,7 +8,8 @@
   (a :class:`~aquamvs_core.depth.DepthMap`), and :func:`depth_for_camera` (all pairs of a camera).
 """
 
-from aquamvs_core.stereo.combine import CameraDepth, StereoView, combine_pair_depths, depth_for_camera
+from aquamvs_core.depth import CameraDepth
+from aquamvs_core.stereo.combine import StereoView, combine_pair_depths, depth_for_camera
 from aquamvs_core.stereo.plane_sweep import (
     PRESETS,
     PairDepth,

@@ -23,32 +23,17 @@ import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from aquamvs_core.calibration import CameraCalibration, Interface
-from aquamvs_core.depth import DepthMap
+from aquamvs_core.depth import CameraDepth
 from aquamvs_core.distortion import build_undistortion_map, undistort_image
 from aquamvs_core.refraction import RefractiveCamera
 from aquamvs_core.runtime import torch_threads
 from aquamvs_core.stereo.plane_sweep import ImageLike, PairDepth, PlaneSweepConfig, prepare_image, sweep_pair
-
-
-@dataclass
-class CameraDepth(DepthMap):
-    """A camera's combined :class:`~aquamvs_core.depth.DepthMap` plus the agreement statistics.
-
-    Attributes:
-        support: (H, W) int32 number of pairs in the consensus (0 where ``depth`` is NaN).
-        candidates: (H, W) int32 number of pairs with a confident depth.
-        timings: seconds per stage, where known.
-    """
-
-    support: torch.Tensor | None = None
-    candidates: torch.Tensor | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
