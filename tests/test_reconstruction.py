@@ -104,7 +104,7 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--pathway", "roma"], "RoMa dense pathway is not available"),
+        (["--pathway", "roma", "--roma-weights-dir", "/nonexistent/weights"], "RoMa weights not found"),
         (["--frames", "0,x"], "comma-separated frame indices"),
         (["--frames", "5"], "outside the survey's 1 frames"),
     ],
