@@ -13,10 +13,7 @@ from pydantic import Field
 
 from aquamvs_core.calibration import Rig, load_calibration
 from aquamvs_core.config import ReconstructionConfig, build_config
-from aquamvs_core.dense.roma import DEFAULT_WEIGHTS_DIR as ROMA_WEIGHTS_DIR
 from aquamvs_core.dense.roma import (
-    DINOV2_FILE,
-    MATCHER_FILE,
     RomaSession,
     RomaSettings,
     load_roma,
@@ -73,6 +70,12 @@ class ReconstructionSettings(dg.ConfigurableResource):
         return build_config(self.preset, self.pathway, self.config_file, overrides)
 
 
+def _roma_field(name: str):
+    """A resource field with the default and description of :class:`RomaSettings`' field."""
+    field = RomaSettings.model_fields[name]
+    return Field(field.default, description=field.description)
+
+
 class RomaMatcher(dg.ConfigurableResource):
     """RoMa (v1, outdoor) from local checkpoints, for the ``roma`` pathway's pairwise depths.
 
@@ -83,28 +86,17 @@ class RomaMatcher(dg.ConfigurableResource):
     checks a checkpoint).
     """
 
-    device: str = Field("auto", description="torch device for RoMa, or 'auto' (CUDA when available)")
-    matcher_checkpoint: str = Field(
-        str(ROMA_WEIGHTS_DIR / MATCHER_FILE), description="RoMa outdoor checkpoint (.pth), a local file"
-    )
-    dinov2_checkpoint: str = Field(
-        str(ROMA_WEIGHTS_DIR / DINOV2_FILE), description="DINOv2 ViT-L/14 checkpoint (.pth), a local file"
-    )
-    coarse_res: int = Field(560, description="matching resolution, px (multiple of 14); 560 is RoMa's")
-    certainty_threshold: float = Field(0.3, description="warp cells below this certainty are dropped")
-    sample_budget: int | None = Field(
-        None, description="correspondences per pair from romatch's balanced sampler (None: all cells)"
-    )
+    device: str = _roma_field("device")
+    matcher_checkpoint: str = _roma_field("matcher_checkpoint")
+    dinov2_checkpoint: str = _roma_field("dinov2_checkpoint")
+    coarse_res: int = _roma_field("coarse_res")
+    certainty_threshold: float = _roma_field("certainty_threshold")
+    sample_budget: int | None = _roma_field("sample_budget")
+    seed: int = _roma_field("seed")
 
     def settings(self) -> RomaSettings:
-        return RomaSettings(
-            device=self.device,
-            matcher_checkpoint=self.matcher_checkpoint,
-            dinov2_checkpoint=self.dinov2_checkpoint,
-            coarse_res=self.coarse_res,
-            certainty_threshold=self.certainty_threshold,
-            sample_budget=self.sample_budget,
-        )
+        """The validated core settings (an invalid value raises, naming the field)."""
+        return RomaSettings(**{name: getattr(self, name) for name in RomaSettings.model_fields})
 
     @contextmanager
     def session(self, log: logging.Logger | dg.DagsterLogManager | None = None) -> Iterator[RomaSession]:

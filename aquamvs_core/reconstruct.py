@@ -26,6 +26,7 @@ import open3d as o3d
 import torch
 
 from aquamvs_core.config import ReconstructionConfig
+from aquamvs_core.dense.roma import RomaSettings
 from aquamvs_core.dense.warp_depth import DenseMatcher, WarpPairDepth, combine_warp_depths, warp_to_pair_depth
 from aquamvs_core.depth import DepthMap
 from aquamvs_core.fusion import FusedCloud, fuse_depth_maps
@@ -206,16 +207,17 @@ def roma_pair_depth_step(
     pair: CameraPair,
     config: ReconstructionConfig,
     matcher: DenseMatcher,
-    certainty_threshold: float = 0.3,
-    sample_budget: int | None = None,
+    roma: RomaSettings | None = None,
     cams: StoreCameras | None = None,
 ) -> dict[str, Any]:
     """Dense-warp depth of ``pair.ref`` against ``pair.src``; writes ``roma_depth/<frame>/<pair>``.
+    ``roma`` gives the certainty threshold, sample budget and seed (default: :class:`RomaSettings`).
 
     The warp is converted at once (no_grad) and dropped before this returns: a loop over pairs holds
     one warp at a time. Images go to the matcher as RGB, as the store holds them.
     """
     cams = cams or StoreCameras.load(store)
+    roma = roma or RomaSettings()
     images = store.read_frame(frame, [pair.ref, pair.src])
     t0 = time.perf_counter()
     with torch.no_grad(), torch_threads(config.torch_threads):
@@ -229,9 +231,10 @@ def roma_pair_depth_step(
             images[pair.ref].shape[1::-1],
             images[pair.src].shape[1::-1],
             config.roma,
-            certainty_threshold=certainty_threshold,
-            sample_budget=sample_budget,
+            certainty_threshold=roma.certainty_threshold,
+            sample_budget=roma.sample_budget,
             z_range=depth_range(store, frame, pair.ref),
+            seed=roma.seed,
         )
         grid, warp_cells = match.grid_shape, int(match.certainty.numel())
         del match
@@ -253,7 +256,8 @@ def roma_pair_depth_step(
     return summary
 
 
-def _warp_pair_depth(store: SurveyStore, frame: str, pair: CameraPair) -> WarpPairDepth:
+def read_roma_pair_depth(store: SurveyStore, frame: str, pair: CameraPair) -> WarpPairDepth:
+    """The stored ``roma_depth/<frame>/<pair>`` product."""
     key = f"roma_depth/{frame}/{pair.key}"
     arrays = store.read_product(key)
     size = store.product_attrs(key)["image_size"]
@@ -284,7 +288,7 @@ def camera_depth_step(
     for ref, ref_pairs in by_ref.items():
         if config.pathway == "roma":
             combined = combine_warp_depths(
-                [_warp_pair_depth(store, frame, p) for p in ref_pairs],
+                [read_roma_pair_depth(store, frame, p) for p in ref_pairs],
                 cams.cameras[ref],
                 torch.from_numpy(cams.masks[ref]),
                 config.roma,

@@ -123,13 +123,23 @@ def small_scene(synthetic_small_survey):
     return rig, load_ground_truth(spec.ground_truth), cams, select_pairs(rig, spec.pair_neighbours)
 
 
-def _gt_ray_depth_at_grid(rig, gt, cam: RefractiveCamera, name: str) -> np.ndarray:
-    """(h·w,) exact ray depth at the warp grid's reference pixels (NaN where no hit)."""
+def _gt_at_grid(rig, gt, cam: RefractiveCamera, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(h·w,) exact ray depth and world Z at the warp grid's reference pixels (NaN where no hit)."""
     pix = grid_pixels(GRID, rig[name].image_size).reshape(-1, 2)
     hits = trace_pixels(
         rig[name], rig.interface, gt, 0, distort_pixels(pix, rig[name], cam.K.numpy()).numpy()
     )
-    return np.where(hits.hit, hits.ray_depth, np.nan)
+    return np.where(hits.hit, hits.ray_depth, np.nan), np.where(hits.hit, hits.points[:, 2], np.nan)
+
+
+def _exact_ring_pair(small_scene, session):
+    """A ring-camera pair of the small survey, its exact warp, and the arguments of
+    :func:`warp_to_pair_depth` before the configuration."""
+    rig, gt, cams, pairs = small_scene
+    pair = next(p for p in pairs if p.src not in rig.auxiliary_names)
+    match = ground_truth_warp(rig, gt, 0, cams, pair.ref, pair.src, GRID)
+    sizes = (rig[pair.ref].image_size, rig[pair.src].image_size)
+    return pair, match, (match, session, cams[pair.ref], cams[pair.src], *sizes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,22 +191,12 @@ def test_contract_with_random_weights_no_accuracy_claim(roma_session, synthetic_
 def test_exact_warp_gives_exact_pair_depth(roma_session, small_scene, sample_budget):
     """The exact warp through romatch's sampling and pixel conversion and our triangulation gives
     the ground-truth ray depth at every kept cell (float32 storage: micrometres)."""
-    rig, gt, cams, pairs = small_scene
-    pair = next(p for p in pairs if p.src not in rig.auxiliary_names)
-    match = ground_truth_warp(rig, gt, 0, cams, pair.ref, pair.src, GRID)
+    rig, gt, cams, _ = small_scene
+    pair, match, args = _exact_ring_pair(small_scene, roma_session)
     assert float(match.certainty.mean()) > 0.3
-    result = warp_to_pair_depth(
-        match,
-        roma_session,
-        cams[pair.ref],
-        cams[pair.src],
-        rig[pair.ref].image_size,
-        rig[pair.src].image_size,
-        WarpDepthConfig(),
-        sample_budget=sample_budget,
-    )
+    result = warp_to_pair_depth(*args, WarpDepthConfig(), sample_budget=sample_budget)
     depth = result.depth.reshape(-1).double().numpy()
-    truth = _gt_ray_depth_at_grid(rig, gt, cams[pair.ref], pair.ref)
+    truth, truth_z = _gt_at_grid(rig, gt, cams[pair.ref], pair.ref)
     kept = np.isfinite(depth)
     errors_mm = np.abs(depth[kept] - truth[kept]) * 1e3
     assert np.isfinite(truth[kept]).all()
@@ -206,26 +206,17 @@ def test_exact_warp_gives_exact_pair_depth(roma_session, small_scene, sample_bud
         assert kept.sum() >= 0.95 * confident  # nearly every exact correspondence passes the filters
     else:
         assert 0.5 * sample_budget <= kept.sum() <= sample_budget  # romatch's balanced sample
-    # World Z is consistent with the ray depth.
-    assert float(np.nanmax(np.abs(result.world_z.numpy()))) < 5
+    # World Z of the same points (Z down) is exact too.
+    z_errors_mm = np.abs(result.world_z.reshape(-1).double().numpy()[kept] - truth_z[kept]) * 1e3
+    assert z_errors_mm.max() < 0.01, z_errors_mm.max()
 
 
 def test_pixel_convention_matters(roma_session, small_scene):
     """Dropping the half-pixel conversion between romatch's and our pixel centres biases depth by
     millimetres: the geometry test above would catch it."""
-    rig, gt, cams, pairs = small_scene
-    pair = next(p for p in pairs if p.src not in rig.auxiliary_names)
-    match = ground_truth_warp(rig, gt, 0, cams, pair.ref, pair.src, GRID)
     from aquamvs_core.dense import warp_depth
 
-    args = (
-        match,
-        roma_session,
-        cams[pair.ref],
-        cams[pair.src],
-        rig[pair.ref].image_size,
-        rig[pair.src].image_size,
-    )
+    _, _, args = _exact_ring_pair(small_scene, roma_session)
     right = warp_to_pair_depth(*args, WarpDepthConfig()).depth
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(warp_depth, "ROMATCH_PIXEL_OFFSET", 0.0)
@@ -450,7 +441,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_pairs(synthetic_survey_fil
     assert a8 - a2 > 5 * warp_bytes  # the measure sees six more warps held at once
     assert s8 - s2 < 0.5 * warp_bytes, (s2, s8, warp_bytes)
     assert len(store.list_products("roma_depth/f000000")) == 8
-    stored = steps._warp_pair_depth(store, "f000000", pairs[0])
+    stored = steps.read_roma_pair_depth(store, "f000000", pairs[0])
     assert tuple(stored.depth.shape) == grid and float(torch.isfinite(stored.depth).float().mean()) > 0.3
 
 
@@ -478,3 +469,27 @@ def test_exact_warps_feed_the_same_fusion_and_mesh(synthetic_survey_file, roma_s
     assert report["cloud_median_abs_error_mm"] < 0.5, report
     assert report["cloud_outlier_fraction"] <= 0.005, report
     assert report["cloud_completeness"] > 0.8, report
+
+
+def test_sampling_is_seeded(roma_session, small_scene):
+    """romatch's sampler draws at random: the same seed gives the same cells, another seed others."""
+    _, _, args = _exact_ring_pair(small_scene, roma_session)
+
+    def kept(seed: int) -> torch.Tensor:
+        return torch.isfinite(
+            warp_to_pair_depth(*args, WarpDepthConfig(), sample_budget=400, seed=seed).depth
+        )
+
+    first, again, other = kept(0), kept(0), kept(1)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_invalid_matcher_settings_name_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="device"):
+        RomaSettings(device="gpu0")
+    with pytest.raises(ValidationError, match="coarse_res"):
+        RomaMatcher(coarse_res=100).settings()  # not a multiple of 14
+    assert RomaMatcher().settings() == RomaSettings()  # the resource's defaults are the core's

@@ -197,13 +197,11 @@ def build_reconstruction_assets(
             )
 
         if config.pathway == "roma":
-            settings = roma.settings()
             with roma.session(context.log) as session:  # loaded once for every partition of the run
                 for n, (key, frame, pair) in enumerate(todo, start=1):
                     summaries[key] = steps.roma_pair_depth_step(
-                        zs, frame, pair, config, session, settings.certainty_threshold,
-                        settings.sample_budget, cams,
-                    )  # fmt: skip
+                        zs, frame, pair, config, session, session.settings, cams
+                    )
                     report(n, key, summaries[key])
         else:
             for n, (key, frame, pair) in enumerate(todo, start=1):

@@ -28,14 +28,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import psutil
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquamvs_core.dense.warp_depth import WarpMatch
+from aquamvs_core.dense.warp_depth import DEFAULT_CERTAINTY_THRESHOLD, WarpMatch
+from aquamvs_core.runtime import TorchDevice
 
 log = logging.getLogger("aquamvs.roma")
 
@@ -104,14 +105,19 @@ class RomaSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    device: str = Field("auto", description="torch device, or 'auto' (CUDA when available)")
+    device: Literal["auto"] | TorchDevice = Field(
+        "auto", description="torch device, or 'auto' (CUDA when available)"
+    )
     matcher_checkpoint: str = Field(str(DEFAULT_WEIGHTS_DIR / MATCHER_FILE), description="RoMa outdoor .pth")
     dinov2_checkpoint: str = Field(str(DEFAULT_WEIGHTS_DIR / DINOV2_FILE), description="DINOv2 ViT-L/14 .pth")
     coarse_res: int = Field(
         560, ge=14, multiple_of=14, description="square matching resolution, px (RoMa's default 560)"
     )
     certainty_threshold: float = Field(
-        0.3, ge=0.0, le=1.0, description="warp cells below this certainty give no correspondence"
+        DEFAULT_CERTAINTY_THRESHOLD,
+        ge=0.0,
+        le=1.0,
+        description="warp cells below this certainty give no correspondence",
     )
     sample_budget: int | None = Field(
         None,
@@ -327,7 +333,7 @@ class RomaSession:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        log.info("RoMa disposed (%s)", memory_in_use())
+        log.debug("RoMa disposed of (%s)", memory_in_use())
 
     def __enter__(self) -> RomaSession:
         return self
@@ -345,7 +351,7 @@ def load_roma(settings: RomaSettings | None = None) -> RomaSession:
     model = build_roma(matcher_state, dinov2_state, settings)
     del matcher_state, dinov2_state
     session = RomaSession(model, settings)
-    log.info(
+    log.debug(
         "RoMa loaded on %s: %.1f M parameters, coarse resolution %d (%s)",
         session.device, session.num_parameters / 1e6, settings.coarse_res, memory_in_use(),
     )  # fmt: skip

@@ -41,6 +41,8 @@ from aquamvs_core.sparse.triangulation import TriangulationConfig, triangulate_m
 
 #: romatch pixel coordinate − this = pixel coordinate here (centres at i + 0.5 there, i here).
 ROMATCH_PIXEL_OFFSET = 0.5
+#: Warp cells below this certainty give no correspondence (default of the matcher settings).
+DEFAULT_CERTAINTY_THRESHOLD = 0.3
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def warp_to_pair_depth(
     size_ref: tuple[int, int],
     size_src: tuple[int, int],
     config: WarpDepthConfig,
-    certainty_threshold: float = 0.3,
+    certainty_threshold: float = DEFAULT_CERTAINTY_THRESHOLD,
     sample_budget: int | None = None,
     z_range: tuple[float, float] | None = None,
     seed: int = 0,
@@ -194,8 +196,7 @@ def warp_to_pair_depth(
         margin = config.z_margin_mm * 1e-3
         z = tri.points[:, 2]
         keep = keep & (z >= z_range[0] - margin) & (z <= z_range[1] + margin)
-    origins, directions, _ = cam_ref.cast_ray(pix_ref)
-    ray_depth = ((tri.points - origins) * directions).sum(-1) / directions.norm(dim=-1)
+    ray_depth = tri.ray_depth[:, 0]  # along the reference ray
     # Cell of each correspondence, from its grid coordinate (x_A, y_A).
     col = torch.round((matches[:, 0].double() + 1) * w / 2 - 0.5).long().clamp(0, w - 1)
     row = torch.round((matches[:, 1].double() + 1) * h / 2 - 0.5).long().clamp(0, h - 1)

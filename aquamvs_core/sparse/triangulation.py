@@ -41,6 +41,8 @@ class TriangulatedPoints:
         reprojection_error_px: (N,) the larger over both views of ``|project(X) - pixel|``, pixels;
             ``inf`` where the point does not project (no point, or not below the water).
         angle_deg: (N,) intersection angle of the two refracted rays, degrees.
+        ray_depth: (N, 2) ray depth of the point along each view's refracted ray (distance from the
+            ray's origin on the water plane to the foot of the perpendicular), metres; NaN where no point.
         keep: (N,) bool, True for points that pass every filter: finite, below the water surface,
             in front of both refracted rays, angle >= ``min_angle_deg`` and reprojection error
             <= ``max_reprojection_px``.
@@ -50,6 +52,7 @@ class TriangulatedPoints:
     reprojection_error_px: torch.Tensor
     angle_deg: torch.Tensor
     keep: torch.Tensor
+    ray_depth: torch.Tensor
 
     @property
     def kept_points(self) -> torch.Tensor:
@@ -193,4 +196,6 @@ def triangulate_matches(
     error = torch.stack(errors, dim=-1).amax(-1)
     error = torch.where(projected_ok, error, torch.full_like(error, math.inf))
     keep = projected_ok & (angle >= config.min_angle_deg) & (error <= config.max_reprojection_px)
-    return TriangulatedPoints(points=points, reprojection_error_px=error, angle_deg=angle, keep=keep)
+    return TriangulatedPoints(
+        points=points, reprojection_error_px=error, angle_deg=angle, keep=keep, ray_depth=ray_depth
+    )
