@@ -8,8 +8,8 @@ Two matchers:
   are available offline here) at coarse resolution 112 on the CPU: time per pair and peak RSS of the
   actual model path. No accuracy is claimed.
 * ``exact560``: the exact warp of the synthetic survey on RoMa's default 560 × 560 grid (the size of
-  a real RoMa warp at ``coarse_res=560``): the memory that warps cost, and the accuracy of the
-  conversion against ground truth.
+  a real RoMa warp at ``coarse_res=560``): the memory that warps cost. (The conversion's accuracy
+  against ground truth is asserted in ``tests/test_roma.py``.)
 
 Peak RSS is sampled (:class:`aquamvs_core.profiling.Profiler`); the Python heap peak comes from
 ``tracemalloc`` (it sees the numpy-backed exact warps, not torch's allocations). CUDA columns appear
