@@ -18,9 +18,9 @@ from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partiti
 from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
-from aquamvs_core.calibration import load_calibration
-from aquamvs_core.pairs import select_pairs
-from aquamvs_core.survey import load_survey_spec
+from aquamvs_core.camera.calibration import load_calibration
+from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.survey.spec import load_survey_spec
 
 log = logging.getLogger("aquamvs.definitions")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from aquamvs_core.pairs import CameraPair
+from aquamvs_core.stages.pairs import CameraPair
 
 FRAMES_PARTITION_NAME = "frames"
 
-#: Survey frames, keyed ``f000123`` (see :func:`aquamvs_core.survey.frame_key`). Frames arrive over
+#: Survey frames, keyed ``f000123`` (see :func:`aquamvs_core.survey.spec.frame_key`). Frames arrive over
 #: time; the ``new_frames_sensor`` and the CLI add them.
 frame_partitions = dg.DynamicPartitionsDefinition(name=FRAMES_PARTITION_NAME)
 

@@ -11,20 +11,20 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
-from aquamvs_core.calibration import Rig, load_calibration
+from aquamvs_core.camera.calibration import Rig, load_calibration
 from aquamvs_core.config import ReconstructionConfig, build_config
-from aquamvs_core.dense.roma import (
+from aquamvs_core.stages.dense.roma import (
     RomaSession,
     RomaSettings,
     load_roma,
     memory_in_use,
 )
-from aquamvs_core.store import SurveyStore
-from aquamvs_core.survey import Survey, SurveySpec, load_survey_spec
+from aquamvs_core.store.survey_store import SurveyStore
+from aquamvs_core.survey.spec import Survey, SurveySpec, load_survey_spec
 
 
 class SurveyResource(dg.ConfigurableResource):
-    """A survey definition file (YAML, see :class:`aquamvs_core.survey.SurveySpec`)."""
+    """A survey definition file (YAML, see :class:`aquamvs_core.survey.spec.SurveySpec`)."""
 
     survey_file: str = Field(description="Path of the survey YAML (calibration, inputs, frame selection).")
 

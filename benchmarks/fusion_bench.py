@@ -1,4 +1,4 @@
-"""Time :func:`aquamvs_core.fusion.fuse_depth_maps` on one frame of a survey store, by part, and score it.
+"""Time :func:`aquamvs_core.stages.fusion.fuse_depth_maps` on one frame of a survey store, by part, and score it.
 
 Usage::
 
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aquamvs_core import fusion as F
-from aquamvs_core import reconstruct as R
+from aquamvs_core.stages import fusion as F
+from aquamvs_core import steps as R
 from aquamvs_core.config import build_config
-from aquamvs_core.metrics import gt_depth_maps, reconstruction_metrics, visibility_count
-from aquamvs_core.store import SurveyStore
+from aquamvs_core.evaluation.metrics import gt_depth_maps, reconstruction_metrics, visibility_count
+from aquamvs_core.store.survey_store import SurveyStore
 from aquamvs_core.synthetic import load_ground_truth
 
 TIMES: dict[str, float] = defaultdict(float)

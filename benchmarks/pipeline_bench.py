@@ -5,7 +5,7 @@ Usage (from the repository root, after ``scripts/install.sh``)::
 
     .venv/bin/python benchmarks/pipeline_bench.py [--presets fast balanced] [--frame 0] [--threads 2]
 
-It runs the same store-level steps as the Dagster assets (:mod:`aquamvs_core.reconstruct`) on a
+It runs the same store-level steps as the Dagster assets (:mod:`aquamvs_core.steps`) on a
 private copy of the ingested demo store, so timings exclude Dagster's per-run overhead (about
 0.3–1 s per run on SQLite), which the table notes separately.
 """
@@ -28,12 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aquamvs_core import reconstruct as steps  # noqa: E402
-from aquamvs_core.benchmark import STAGES, profile_frame  # noqa: E402
+from aquamvs_core import steps as steps  # noqa: E402
+from aquamvs_core.evaluation.benchmark import STAGES, profile_frame  # noqa: E402
 from aquamvs_core.config import build_config  # noqa: E402
-from aquamvs_core.pairs import select_pairs  # noqa: E402
-from aquamvs_core.store import SurveyStore  # noqa: E402
-from aquamvs_core.survey import frame_key, load_survey_spec  # noqa: E402
+from aquamvs_core.stages.pairs import select_pairs  # noqa: E402
+from aquamvs_core.store.survey_store import SurveyStore  # noqa: E402
+from aquamvs_core.survey.spec import frame_key, load_survey_spec  # noqa: E402
 
 DEMO = ROOT / ".data" / "demo"
 

@@ -11,7 +11,7 @@ Two matchers:
   a real RoMa warp at ``coarse_res=560``): the memory that warps cost. (The conversion's accuracy
   against ground truth is asserted in ``tests/test_roma.py``.)
 
-Peak RSS is sampled (:class:`aquamvs_core.profiling.Profiler`); the Python heap peak comes from
+Peak RSS is sampled (:class:`aquamvs_core.evaluation.profiling.Profiler`); the Python heap peak comes from
 ``tracemalloc`` (it sees the numpy-backed exact warps, not torch's allocations). CUDA columns appear
 when a GPU is present.
 
@@ -31,16 +31,16 @@ import pandas as pd
 import torch
 
 from aquamvs_assets.project import DEMO_SURVEY_DIR
-from aquamvs_core import reconstruct as steps
+from aquamvs_core import steps as steps
 from aquamvs_core.config import build_config
-from aquamvs_core.dense.roma import RomaSession, RomaSettings, build_roma, random_checkpoints
-from aquamvs_core.dense.warp_depth import warp_to_pair_depth
-from aquamvs_core.pairs import select_pairs
-from aquamvs_core.profiling import Profiler
-from aquamvs_core.store import SurveyStore
-from aquamvs_core.survey import load_survey_spec
+from aquamvs_core.stages.dense.roma import RomaSession, RomaSettings, build_roma, random_checkpoints
+from aquamvs_core.stages.dense.correspondence_depth import warp_to_pair_depth
+from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.evaluation.profiling import Profiler
+from aquamvs_core.store.survey_store import SurveyStore
+from aquamvs_core.survey.spec import load_survey_spec
 from aquamvs_core.synthetic import load_ground_truth
-from aquamvs_core.synthetic.warp import GroundTruthMatcher
+from aquamvs_core.synthetic.exact_matches import GroundTruthMatcher
 
 FRAME = "f000000"
 

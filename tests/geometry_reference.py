@@ -1,6 +1,6 @@
 """Independent float64 reference geometry for the tests (plain numpy, no torch, no aquamvs_core).
 
-Written on purpose with different formulas from :mod:`aquamvs_core.refraction`:
+Written on purpose with different formulas from :mod:`aquamvs_core.camera.refraction`:
 
 * pixel → air ray solves ``K x = [u, v, 1]`` instead of multiplying by an inverse;
 * refraction uses the angle form of Snell's law in spherical coordinates (tilt angle and azimuth)
@@ -9,7 +9,7 @@ Written on purpose with different formulas from :mod:`aquamvs_core.refraction`:
   (fixed 200 halvings, no Newton) on the derivative of the optical path, written with 3D vectors
   along the segment between the two nadir points, then applies an ordinary pinhole projection.
 
-Conventions are the project's (see :mod:`aquamvs_core.calibration`): world Z down, water plane
+Conventions are the project's (see :mod:`aquamvs_core.camera.calibration`): world Z down, water plane
 ``Z = water_z``, ``p_cam = R @ p_world + t``, pixel centres at integer ``(u, v)``.
 """
 

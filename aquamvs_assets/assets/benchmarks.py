@@ -11,8 +11,8 @@ from pydantic import Field
 from aquamvs_assets.assets.ingestion import frames
 from aquamvs_assets.partitions import frame_partitions
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
-from aquamvs_core.benchmark import STAGES, benchmark_matrix
-from aquamvs_core.pairs import select_pairs
+from aquamvs_core.evaluation.benchmark import STAGES, benchmark_matrix
+from aquamvs_core.stages.pairs import select_pairs
 from aquamvs_core.preview import bar_chart, encode_png
 
 GROUP = "benchmarks"

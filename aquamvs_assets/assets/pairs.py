@@ -5,7 +5,7 @@ from pydantic import Field
 
 from aquamvs_assets.assets.ingestion import survey_calibration
 from aquamvs_assets.resources import ZarrStoreResource
-from aquamvs_core.pairs import CameraPair, pair_geometry
+from aquamvs_core.stages.pairs import CameraPair, pair_geometry
 
 
 class PairGeometryConfig(dg.Config):

@@ -1,6 +1,6 @@
 """Reconstruction assets: sparse matches → sparse cloud → pairwise depths → camera depths → fused
 cloud → mesh, plus the ground-truth quality check. Each asset calls one step of
-:mod:`aquamvs_core.reconstruct`, which reads its inputs from the store and writes its product.
+:mod:`aquamvs_core.steps`, which reads its inputs from the store and writes its product.
 
 Per-pair assets are partitioned by frame × pair (keys ``"<frame>|<ref>-<src>"``); per-frame assets by
 frame. A run may cover several partitions (single-run backfills): the steps loop over
@@ -14,10 +14,10 @@ import dagster as dg
 
 from aquamvs_assets.assets.ingestion import frames
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, ZarrStoreResource
-from aquamvs_core import reconstruct as steps
-from aquamvs_core.pairs import CameraPair
+from aquamvs_core import steps as steps
+from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.preview import encode_png, height_map_preview
-from aquamvs_core.profiling import Profiler
+from aquamvs_core.evaluation.profiling import Profiler
 
 QUALITY_CHECK = "reconstruction_quality"
 #: Concurrency pool of the GPU-bound assets (limit 1 in dagster.yaml: one model per card).

@@ -16,7 +16,7 @@ GENERATOR_NAME = "aquamvs synthetic"
 class SyntheticSurveyConfig(BaseModel):
     """Everything that defines a synthetic survey. Same config (and generator version) → same bytes.
 
-    Geometry follows the project's conventions (:mod:`aquamvs_core.calibration`): world Z down,
+    Geometry follows the project's conventions (:mod:`aquamvs_core.camera.calibration`): world Z down,
     metres, origin at the centre of the reference camera (the first ring camera).
     """
 

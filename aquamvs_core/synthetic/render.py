@@ -3,9 +3,9 @@
 For every (supersampled) pixel of the *distorted* image:
 
 1. the pixel is undistorted to ideal normalized coordinates
-   (:func:`~aquamvs_core.distortion.undistort_normalized`; pixels whose inversion does not converge
+   (:func:`~aquamvs_core.camera.distortion.undistort_normalized`; pixels whose inversion does not converge
    are dropped) and expressed as a pixel of an ideal pinhole camera with the same ``K``;
-2. :meth:`~aquamvs_core.refraction.RefractiveCamera.cast_ray` gives the refracted ray
+2. :meth:`~aquamvs_core.camera.refraction.RefractiveCamera.cast_ray` gives the refracted ray
    ``X(s) = o + s d`` (``o`` on the water plane, ``d`` unit);
 3. the ray is intersected with the bilinear heightfield (:class:`Heightfield`): the *first* root of
    ``f(s) = Z(s) - h(x(s), y(s))`` is bracketed by marching from the top of the relief band, then
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aquamvs_core.calibration import CameraCalibration, Interface
-from aquamvs_core.distortion import undistort_normalized
-from aquamvs_core.refraction import RefractiveCamera
+from aquamvs_core.camera.calibration import CameraCalibration, Interface
+from aquamvs_core.camera.distortion import undistort_normalized
+from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.runtime import torch_threads
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
 from aquamvs_core.synthetic.terrain import Terrain

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from aquamvs_core.calibration import CameraCalibration, Interface, Rig, calibration_hash
+from aquamvs_core.camera.calibration import CameraCalibration, Interface, Rig, calibration_hash
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
 
 RIG_STREAM = 1  # random stream id (independent of the terrain and texture streams)

@@ -4,7 +4,7 @@ on frame 0 of our synthetic demo survey, evaluated against the survey's ground t
 
 Nothing of aquamvs 1.7.3 is copied here: this script only *runs* the installed package (in its
 own virtual environment) and measures it; the evaluation then runs in our own environment with
-``aquamvs_core.metrics``.
+``aquamvs_core.evaluation.metrics``.
 
 Environment of the old package (kept apart from our ``.venv``)
 --------------------------------------------------------------
@@ -47,7 +47,7 @@ Timing: wall clock (``time.perf_counter``) after imports; aquamvs' own ``timed_s
 plus context setup, video decode of the frame, and triangulation + depth ranges (not wrapped by
 aquamvs, timed here). Torch threads are set to ``--threads`` (OMP/MKL/OpenCV likewise).
 
-Evaluation (our environment, ``aquamvs_core.metrics``)
+Evaluation (our environment, ``aquamvs_core.evaluation.metrics``)
 -------------------------------------------------------
 Points are already in the AquaCal world frame (metres, Z down; the same ``calibration.json`` as
 our store) - checked by the signed bias and Z range. For the fused cloud (as saved,
@@ -335,9 +335,9 @@ def evaluate(args: argparse.Namespace) -> None:
     import numpy as np
     import open3d as o3d
 
-    from aquamvs_core.metrics import gt_depth_maps, mesh_metrics, reconstruction_metrics, visibility_count
-    from aquamvs_core.reconstruct import StoreCameras
-    from aquamvs_core.store import SurveyStore
+    from aquamvs_core.evaluation.metrics import gt_depth_maps, mesh_metrics, reconstruction_metrics, visibility_count
+    from aquamvs_core.steps import StoreCameras
+    from aquamvs_core.store.survey_store import SurveyStore
     from aquamvs_core.synthetic import load_ground_truth
 
     work = Path(args.work)

@@ -1,0 +1,332 @@
+"""Accuracy and completeness of a reconstruction against a ground-truth heightfield.
+
+The ground truth is a :class:`~aquamvs_core.synthetic.GroundTruth` (or a
+:class:`~aquamvs_core.synthetic.Terrain`): a bilinear heightfield ``Z = h(x, y)`` per frame, world Z
+down, metres. Errors are reported in **millimetres**.
+
+* **Accuracy** (:func:`cloud_errors`): the signed *vertical* error ``Z_point - h(x_point, y_point)``
+  (positive: the point is below the true bottom). For the gentle slopes of a bed this is within a
+  few per cent of the distance to the surface, and it is exact and cheap.
+* **Completeness**: the fraction of evaluation cells (ground-truth grid nodes, subsampled to about
+  2 mm spacing with ``cell_step``) that have a reconstructed point within ``completeness_radius_mm``
+  in 3-D (Open3D nearest-neighbour search). Usually restricted to the cells that at least two
+  cameras see (:func:`visibility_count`), since nothing else can be reconstructed.
+* :func:`gt_depth_map` builds the exact ground-truth depth map of a camera on its undistorted pixel
+  grid (the reference depth maps for fusion tests and the occlusion test of :func:`visibility_count`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+import open3d as o3d
+import open3d.core as o3c
+import torch
+
+from aquamvs_core.camera.calibration import CameraCalibration, Interface, Rig
+from aquamvs_core.stages.depth_map import DepthMap, pixel_grid
+from aquamvs_core.camera.distortion import build_undistortion_map, distort_pixels, undistorted_intrinsics
+from aquamvs_core.stages.fusion import sample_map
+from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.runtime import torch_threads
+from aquamvs_core.synthetic.ground_truth import bilinear_height
+
+DEFAULT_CELL_SPACING = 0.002
+"""Target spacing (metres) of the evaluation cells when ``cell_step`` is not given."""
+
+
+class HeightGrid(Protocol):
+    """What the metrics need of a ground truth (``GroundTruth`` and ``Terrain`` both have it)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def heights(self, frame_index: int) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Ground-truth grid helpers
+# --------------------------------------------------------------------------------------------
+
+
+def height_at(gt: HeightGrid, frame_index: int, xy: np.ndarray) -> np.ndarray:
+    """World Z (N,) of the bilinear ground truth at ``xy`` (N, 2), metres; NaN outside the grid."""
+    return bilinear_height(gt.x, gt.y, gt.heights(frame_index), xy)
+
+
+def default_cell_step(gt: HeightGrid, spacing: float = DEFAULT_CELL_SPACING) -> int:
+    """Grid subsampling step giving evaluation cells about ``spacing`` metres apart (at least 1)."""
+    dx = float(gt.x[1] - gt.x[0])
+    return max(1, round(spacing / dx))
+
+
+def cell_points(gt: HeightGrid, frame_index: int, cell_step: int | None = None) -> np.ndarray:
+    """(Ny', Nx', 3) world points of the evaluation cells: grid nodes ``[::cell_step, ::cell_step]``."""
+    step = default_cell_step(gt) if cell_step is None else int(cell_step)
+    if step < 1:
+        raise ValueError(f"cell_step must be >= 1, got {cell_step}")
+    x, y = gt.x[::step], gt.y[::step]
+    z = gt.heights(frame_index)[::step, ::step]
+    xx, yy = np.meshgrid(x, y)
+    return np.stack([xx, yy, z], axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy and completeness
+# --------------------------------------------------------------------------------------------
+
+
+def cloud_errors(points: np.ndarray, gt: HeightGrid, frame_index: int) -> np.ndarray:
+    """(N,) signed vertical errors, mm: ``Z_point - h(x, y)`` (NaN outside the ground-truth grid)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return (pts[:, 2] - height_at(gt, frame_index, pts[:, :2])) * 1e3
+
+
+def nearest_distances(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(M,) 3-D distance from each of ``queries`` (M, 3) to its nearest of ``points`` (N, 3), metres
+    (Open3D KD-tree search; inf when ``points`` is empty)."""
+    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float64).reshape(-1, 3))
+    p = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 3))
+    if p.shape[0] == 0 or q.shape[0] == 0:
+        return np.full(q.shape[0], np.inf)
+    nns = o3c.nns.NearestNeighborSearch(o3c.Tensor(p))
+    nns.knn_index()
+    _, dist2 = nns.knn_search(o3c.Tensor(q), 1)
+    return np.sqrt(dist2.numpy()[:, 0])
+
+
+def reconstruction_metrics(
+    points: np.ndarray,
+    gt: HeightGrid,
+    frame_index: int,
+    seen_mask: np.ndarray | None = None,
+    completeness_radius_mm: float = 5.0,
+    outlier_mm: float = 10.0,
+    cell_step: int | None = None,
+) -> dict[str, float]:
+    """Accuracy and completeness of ``points`` (N, 3) against the ground truth of ``frame_index``.
+
+    Args:
+        seen_mask: (Ny', Nx') bool over the evaluation cells (``cell_points(gt, f, cell_step)``),
+            e.g. ``visibility_count(...) >= 2``; completeness counts only these cells (all if None).
+        completeness_radius_mm: a cell is complete when a point lies within this 3-D distance.
+        outlier_mm: points with a larger absolute vertical error are outliers.
+        cell_step: subsampling of the ground-truth grid (default: about 2 mm spacing).
+
+    Returns:
+        ``n_points``; ``n_evaluated`` (points over the ground-truth grid; the error statistics use
+        these); ``median_abs_error_mm``, ``p90_abs_error_mm``, ``mean_error_mm`` (signed bias),
+        ``rmse_mm``, ``outlier_fraction``; ``n_cells`` (cells in the mask) and ``completeness``.
+        Statistics over no points are NaN.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    err = cloud_errors(pts, gt, frame_index)
+    err = err[np.isfinite(err)]
+    out: dict[str, float] = {"n_points": float(pts.shape[0]), "n_evaluated": float(err.size)}
+    if err.size:
+        a = np.abs(err)
+        out.update(
+            median_abs_error_mm=float(np.median(a)),
+            p90_abs_error_mm=float(np.quantile(a, 0.9)),
+            mean_error_mm=float(err.mean()),
+            rmse_mm=float(np.sqrt(np.mean(err * err))),
+            outlier_fraction=float(np.mean(a > outlier_mm)),
+        )
+    else:
+        for k in ("median_abs_error_mm", "p90_abs_error_mm", "mean_error_mm", "rmse_mm", "outlier_fraction"):
+            out[k] = math.nan
+    cells = cell_points(gt, frame_index, cell_step)
+    if seen_mask is not None:
+        mask = np.asarray(seen_mask, dtype=bool)
+        if mask.shape != cells.shape[:2]:
+            raise ValueError(f"seen_mask has shape {mask.shape}, the evaluation cells {cells.shape[:2]}")
+        cells = cells[mask]
+    cells = cells.reshape(-1, 3)
+    out["n_cells"] = float(cells.shape[0])
+    if cells.shape[0]:
+        near = nearest_distances(pts, cells) <= completeness_radius_mm * 1e-3
+        out["completeness"] = float(near.mean())
+    else:
+        out["completeness"] = math.nan
+    return out
+
+
+def sample_mesh_surface(mesh: o3d.geometry.TriangleMesh, n: int, seed: int = 0) -> np.ndarray:
+    """(n, 3) points drawn uniformly (by area) on the triangles of ``mesh`` (deterministic for ``seed``)."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    t = np.asarray(mesh.triangles, dtype=np.int64)
+    if t.shape[0] == 0 or n <= 0:
+        return np.zeros((0, 3))
+    a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    if not area.sum() > 0:
+        return np.zeros((0, 3))
+    rng = np.random.default_rng(seed)
+    tri = rng.choice(t.shape[0], size=n, p=area / area.sum())
+    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
+    wa, wb, wc = 1 - r1, r1 * (1 - r2), r1 * r2
+    return wa[:, None] * a[tri] + wb[:, None] * b[tri] + wc[:, None] * c[tri]
+
+
+def mesh_metrics(
+    mesh: o3d.geometry.TriangleMesh,
+    gt: HeightGrid,
+    frame_index: int,
+    seen_mask: np.ndarray | None = None,
+    n_samples: int | None = None,
+    completeness_radius_mm: float = 5.0,
+    outlier_mm: float = 10.0,
+    cell_step: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Metrics of a mesh: :func:`reconstruction_metrics` of ``n_samples`` points sampled uniformly on
+    its surface (default: one per mm² of surface, at most 4 million, so that completeness measures
+    the mesh and not the sampling), plus ``vertex_median_abs_error_mm``, ``vertex_p90_abs_error_mm``,
+    ``n_vertices``, ``n_triangles`` and ``area_m2``."""
+    area = mesh.get_surface_area() if len(mesh.triangles) else 0.0
+    if n_samples is None:
+        n_samples = min(4_000_000, max(1000, int(area * 1e6)))
+    samples = sample_mesh_surface(mesh, n_samples, seed)
+    out = reconstruction_metrics(
+        samples, gt, frame_index, seen_mask, completeness_radius_mm, outlier_mm, cell_step
+    )
+    verr = cloud_errors(np.asarray(mesh.vertices), gt, frame_index)
+    verr = np.abs(verr[np.isfinite(verr)])
+    out["vertex_median_abs_error_mm"] = float(np.median(verr)) if verr.size else math.nan
+    out["vertex_p90_abs_error_mm"] = float(np.quantile(verr, 0.9)) if verr.size else math.nan
+    out["n_vertices"] = float(len(mesh.vertices))
+    out["n_triangles"] = float(len(mesh.triangles))
+    out["area_m2"] = float(area)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Visibility
+# --------------------------------------------------------------------------------------------
+
+
+def visibility_count(
+    gt: HeightGrid,
+    frame_index: int,
+    cameras: dict[str, RefractiveCamera],
+    masks: dict[str, np.ndarray] | None = None,
+    gt_depth_maps: dict[str, DepthMap] | None = None,
+    cell_step: int | None = None,
+    occlusion_tol_mm: float = 3.0,
+    chunk_size: int = 1 << 16,
+    threads: int | None = 1,
+) -> np.ndarray:
+    """(Ny', Nx') int32: how many cameras see each evaluation cell (see :func:`cell_points`).
+
+    A camera sees a cell when the cell's ground-truth point projects (exact refractive projection)
+    inside its image, inside its validity mask (``masks[name]``, (H, W) bool on the undistorted
+    grid, e.g. ``UndistortionMap.valid``), and — when ``gt_depth_maps`` has the camera — the point's
+    ray depth matches the ground-truth depth map there within ``occlusion_tol_mm`` (else something
+    in front hides it). The image size comes from the camera, its mask or its depth map.
+    ``threads``: torch threads while projecting (see :class:`~aquamvs_core.stages.fusion.FusionConfig`).
+    """
+    cells = cell_points(gt, frame_index, cell_step)
+    shape = cells.shape[:2]
+    pts = torch.from_numpy(np.ascontiguousarray(cells.reshape(-1, 3)))
+    count = torch.zeros(pts.shape[0], dtype=torch.int32)
+    with torch.no_grad(), torch_threads(threads):
+        for name, cam in cameras.items():
+            mask = None if masks is None or name not in masks else torch.as_tensor(np.asarray(masks[name]))
+            dm = None if gt_depth_maps is None else gt_depth_maps.get(name)
+            size = _image_hw(cam, mask, dm, name)
+            dmap = None if dm is None else dm.depth.detach().cpu().to(torch.float32).unsqueeze(-1)
+            for start in range(0, pts.shape[0], chunk_size):
+                x = pts[start : start + chunk_size]
+                seen = _sees(cam, x, size, mask, dmap, occlusion_tol_mm * 1e-3)
+                count[start : start + chunk_size] += seen.to(torch.int32)
+    return count.reshape(shape).numpy()
+
+
+def _image_hw(
+    cam: RefractiveCamera, mask: torch.Tensor | None, dm: DepthMap | None, name: str
+) -> tuple[int, int]:
+    if cam.image_size is not None:
+        return int(cam.image_size[1]), int(cam.image_size[0])
+    if mask is not None:
+        return int(mask.shape[0]), int(mask.shape[1])
+    if dm is not None:
+        return int(dm.depth.shape[0]), int(dm.depth.shape[1])
+    raise ValueError(f"camera {name!r}: no image size (set it on the camera, or give a mask or depth map)")
+
+
+def _sees(
+    cam: RefractiveCamera,
+    x: torch.Tensor,
+    size: tuple[int, int],
+    mask: torch.Tensor | None,
+    depth: torch.Tensor | None,
+    tol: float,
+) -> torch.Tensor:
+    """(n,) bool: world points ``x`` (n, 3) float64 are seen by ``cam`` (see :func:`visibility_count`)."""
+    h, w = size
+    uv, ok = cam.project(x)
+    u, v = uv[:, 0], uv[:, 1]
+    ok = ok & (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
+    if mask is not None:
+        iu = torch.round(u).clamp(0, w - 1).long()
+        iv = torch.round(v).clamp(0, h - 1).long()
+        ok = ok & mask.to(torch.bool)[iv, iu]
+    if depth is not None:
+        origins, _, ok_r = cam.cast_ray(uv)
+        s = (x - origins).norm(dim=1)
+        d, ok_d = sample_map(depth, uv, "bilinear")
+        ok = ok & ok_r & ok_d & ((torch.nan_to_num(d[:, 0]) - s).abs() <= tol)
+    return ok
+
+
+# --------------------------------------------------------------------------------------------
+# Ground-truth depth maps
+# --------------------------------------------------------------------------------------------
+
+
+def gt_depth_map(
+    camera_calib: CameraCalibration,
+    interface: Interface,
+    terrain: HeightGrid,
+    frame_index: int,
+    K_new: np.ndarray | None = None,
+) -> DepthMap:
+    """The exact ground-truth :class:`DepthMap` of a camera on its undistorted pixel grid.
+
+    Every undistorted pixel centre (intrinsics ``K_new``, default
+    :func:`~aquamvs_core.camera.distortion.undistorted_intrinsics`) is mapped to the original image
+    (:func:`~aquamvs_core.camera.distortion.distort_pixels`) and traced through the water onto the
+    heightfield (:func:`~aquamvs_core.synthetic.trace_pixels`); its ray depth is the depth. Pixels
+    whose source lies outside the original image (``UndistortionMap.valid``) or whose ray misses the
+    terrain are NaN. Confidence is 1 where there is a depth, 0 elsewhere.
+
+    ``terrain`` is a :class:`~aquamvs_core.synthetic.Terrain` or a
+    :class:`~aquamvs_core.synthetic.GroundTruth` (anything with ``x``, ``y`` and ``heights(frame)``).
+    """
+    from aquamvs_core.synthetic.render import trace_pixels  # evaluation support only
+
+    if K_new is None:
+        K_new = undistorted_intrinsics(camera_calib)
+    w, h = camera_calib.image_size
+    grid = pixel_grid(w, h, dtype=torch.float64).reshape(-1, 2)
+    distorted = distort_pixels(grid, camera_calib, K_new)
+    hits = trace_pixels(camera_calib, interface, terrain, frame_index, distorted.numpy())  # type: ignore[arg-type]
+    valid = build_undistortion_map(camera_calib, K_new).valid.reshape(-1).numpy() & hits.hit
+    depth = np.where(valid, hits.ray_depth, np.nan).reshape(h, w).astype(np.float32)
+    confidence = np.isfinite(depth).astype(np.float32)
+    return DepthMap(
+        camera=camera_calib.name, depth=torch.from_numpy(depth), confidence=torch.from_numpy(confidence)
+    )
+
+
+def gt_depth_maps(
+    rig: Rig, terrain: HeightGrid, frame_index: int, names: list[str] | None = None
+) -> dict[str, DepthMap]:
+    """:func:`gt_depth_map` of every camera of ``rig`` (or of ``names``), each on the undistorted grid
+    of :func:`~aquamvs_core.camera.distortion.undistorted_intrinsics`."""
+    return {
+        name: gt_depth_map(rig[name], rig.interface, terrain, frame_index, undistorted_intrinsics(rig[name]))
+        for name in (rig.camera_names if names is None else names)
+    }

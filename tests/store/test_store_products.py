@@ -1,0 +1,63 @@
+"""Pipeline products in the store: round trips, commit protocol, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import aquamvs_core.store.survey_store as store_module
+from aquamvs_core.store.survey_store import StoreKeyError, SurveyStore
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request, tmp_path):
+    root = str(tmp_path / "s.zarr") if request.param == "local" else f"memory://products-{tmp_path.name}"
+    return SurveyStore(root)
+
+
+def test_product_round_trip_keeps_values_nan_and_attrs(store):
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.4, 0.6, (48, 64)).astype(np.float32)
+    depth[5:9, 10:20] = np.nan
+    points = rng.normal(size=(2_500_000, 3))  # long table: chunked by rows
+    store.write_product("depth/f000001/cam0-cam1", {"depth": depth}, {"pair": "cam0-cam1", "hyp": 128})
+    store.write_product("cloud/f000001", {"points": points, "colors": np.zeros((len(points), 3), np.uint8)})
+    got = store.read_product("depth/f000001/cam0-cam1")["depth"]
+    np.testing.assert_array_equal(got, depth)  # NaN positions equal too
+    assert store.product_attrs("depth/f000001/cam0-cam1")["hyp"] == 128
+    np.testing.assert_array_equal(store.read_product("cloud/f000001", ["points"])["points"], points)
+    assert store.list_products("depth/f000001") == ["cam0-cam1"]
+    assert store.has_product("cloud/f000001") and not store.has_product("cloud/f000002")
+
+
+def test_crash_mid_write_leaves_no_complete_product(store, monkeypatch):
+    arrays = {"a": np.ones((4, 4), np.float32), "b": np.zeros((4, 4), np.float32)}
+    store.write_product("mesh/f000003", arrays)
+    calls = {"n": 0}
+    real = store_module._write_product_array
+
+    def crash_after_first(group, name, data):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        real(group, name, data)
+
+    monkeypatch.setattr(store_module, "_write_product_array", crash_after_first)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_product("mesh/f000003", {"a": 2 * arrays["a"], "b": arrays["b"]})
+    assert not store.has_product("mesh/f000003")
+    assert store.list_products("mesh") == []
+    with pytest.raises(StoreKeyError, match="incomplete"):
+        store.read_product("mesh/f000003")
+
+
+def test_bad_product_input_writes_nothing(store):
+    with pytest.raises(ValueError, match="invalid product path"):
+        store.write_product("depth/../x", {"a": np.ones(3)})
+    with pytest.raises(ValueError, match="numpy array"):
+        store.write_product("depth/f1", {"a": [1, 2, 3]})
+    with pytest.raises(ValueError, match="JSON"):
+        store.write_product("depth/f1", {"a": np.ones(3)}, {"bad": object()})
+    assert store.list_products("depth") == []
+    with pytest.raises(StoreKeyError):
+        store.read_product("depth/f1")
