@@ -18,7 +18,7 @@ from aquamvs_assets.project import DEMO_SURVEY_DIR, PROJECT_ROOT, ensure_dagster
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
 from aquamvs_assets.runner import register_frames, run_stage
 from aquamvs_core.camera.calibration import CalibrationError
-from aquamvs_core.survey.spec import Survey, SurveyError, frame_key, load_survey_spec
+from aquamvs_core.survey import Survey, SurveyError, frame_key, load_survey_spec
 
 log = logging.getLogger("aquamvs.cli")
 
@@ -116,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_ingestion(survey_file, instance)
     if not args.no_reconstruct:
         from aquamvs_core import steps as steps
-        from aquamvs_core.store.survey_store import SurveyStore
+        from aquamvs_core.store import SurveyStore
 
         frames = _parse_frames(args.frames) or [0]
         settings = ReconstructionSettings(preset=args.preset)
@@ -167,8 +167,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from aquamvs_core import steps as steps
     from aquamvs_core.camera.calibration import load_calibration
     from aquamvs_core.config import build_config
-    from aquamvs_core.store.survey_store import SurveyStore
-    from aquamvs_core.survey.spec import SurveySpec, discover_inputs
+    from aquamvs_core.store import SurveyStore
+    from aquamvs_core.survey import SurveySpec, discover_inputs
 
     calibration = Path(args.calibration).resolve()
     inputs = Path(args.input_dir).resolve()
@@ -262,7 +262,7 @@ def _add_roma_weight_args(parser: argparse.ArgumentParser) -> None:
 def _survey_with_frame(survey: str | None, frame: int, dagster_home: str | None) -> Path:
     """The survey file (default: the built-in demo, generated if missing), with ``frame`` ingested
     through Dagster if its store does not have it yet."""
-    from aquamvs_core.store.survey_store import SurveyStore
+    from aquamvs_core.store import SurveyStore
     from aquamvs_core.synthetic import generate_survey
 
     survey_file = Path(survey).resolve() if survey else generate_survey(DEMO_SURVEY_DIR)
@@ -275,11 +275,11 @@ def _survey_with_frame(survey: str | None, frame: int, dagster_home: str | None)
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile every stage of one frame (the real pipeline) and print the bottlenecks."""
-    from aquamvs_core.evaluation.benchmark import profile_frame
     from aquamvs_core.camera.calibration import load_calibration
     from aquamvs_core.config import build_config
+    from aquamvs_core.evaluation.benchmark import profile_frame
     from aquamvs_core.stages.pairs import select_pairs
-    from aquamvs_core.store.survey_store import SurveyStore
+    from aquamvs_core.store import SurveyStore
 
     survey_file = _survey_with_frame(args.survey, args.frame, args.dagster_home)
     spec = load_survey_spec(survey_file)
@@ -301,8 +301,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     """Run the pathway × preset matrix on one frame and write a markdown report."""
     import tempfile
 
-    from aquamvs_core.evaluation.benchmark import benchmark_matrix
     from aquamvs_core.camera.calibration import load_calibration
+    from aquamvs_core.evaluation.benchmark import benchmark_matrix
     from aquamvs_core.stages.pairs import select_pairs
 
     survey_file = _survey_with_frame(args.survey, args.frame, args.dagster_home)

@@ -20,7 +20,7 @@ from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, Survey
 from aquamvs_assets.sensors import new_frames_sensor
 from aquamvs_core.camera.calibration import load_calibration
 from aquamvs_core.stages.pairs import select_pairs
-from aquamvs_core.survey.spec import load_survey_spec
+from aquamvs_core.survey import load_survey_spec
 
 log = logging.getLogger("aquamvs.definitions")
 

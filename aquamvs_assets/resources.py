@@ -19,8 +19,8 @@ from aquamvs_core.stages.dense.roma import (
     load_roma,
     memory_in_use,
 )
-from aquamvs_core.store.survey_store import SurveyStore
-from aquamvs_core.survey.spec import Survey, SurveySpec, load_survey_spec
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Survey, SurveySpec, load_survey_spec
 
 
 class SurveyResource(dg.ConfigurableResource):

@@ -5,7 +5,7 @@ import dagster as dg
 from aquamvs_assets.jobs import frames_job
 from aquamvs_assets.partitions import FRAMES_PARTITION_NAME, frame_partitions
 from aquamvs_assets.resources import SurveyResource
-from aquamvs_core.survey.spec import frame_key
+from aquamvs_core.survey import frame_key
 
 
 def plan_new_frames(survey: SurveyResource, existing: set[str]) -> tuple[list[str], str]:

@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aquamvs_core.stages.dense.correspondence_depth import WarpDepthConfig
 from aquamvs_core.stages.fusion import FusionConfig
 from aquamvs_core.stages.mesh import MeshConfig
+from aquamvs_core.stages.sparse.depth_ranges import DepthRangeConfig
 from aquamvs_core.stages.sparse.matching import SparseMatchConfig
-from aquamvs_core.stages.sparse.pair_matching import DepthRangeConfig
 from aquamvs_core.stages.sparse.triangulation import TriangulationConfig
-from aquamvs_core.stages.stereo.plane_sweep import PRESETS as SWEEP_PRESETS
-from aquamvs_core.stages.stereo.plane_sweep import PlaneSweepConfig
+from aquamvs_core.stages.stereo.config import PRESETS as SWEEP_PRESETS
+from aquamvs_core.stages.stereo.config import PlaneSweepConfig
 
 Preset = Literal["fast", "balanced", "quality"]
 Pathway = Literal["sift", "lightglue", "roma"]

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aquamvs_core.stages import fusion as F
 from aquamvs_core import steps as R
 from aquamvs_core.config import build_config
-from aquamvs_core.evaluation.metrics import gt_depth_maps, reconstruction_metrics, visibility_count
-from aquamvs_core.store.survey_store import SurveyStore
+from aquamvs_core.evaluation.metrics import reconstruction_metrics, visibility_count
+from aquamvs_core.stages import fusion as F
+from aquamvs_core.store import SurveyStore
 from aquamvs_core.synthetic import load_ground_truth
+from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
 
 TIMES: dict[str, float] = defaultdict(float)
 

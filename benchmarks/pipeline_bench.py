@@ -29,11 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aquamvs_core import steps as steps  # noqa: E402
-from aquamvs_core.evaluation.benchmark import STAGES, profile_frame  # noqa: E402
 from aquamvs_core.config import build_config  # noqa: E402
+from aquamvs_core.evaluation.benchmark import STAGES, profile_frame  # noqa: E402
+from aquamvs_core.evaluation.quality import quality_report  # noqa: E402
 from aquamvs_core.stages.pairs import select_pairs  # noqa: E402
-from aquamvs_core.store.survey_store import SurveyStore  # noqa: E402
-from aquamvs_core.survey.spec import frame_key, load_survey_spec  # noqa: E402
+from aquamvs_core.store import SurveyStore  # noqa: E402
+from aquamvs_core.survey import frame_key, load_survey_spec  # noqa: E402
 
 DEMO = ROOT / ".data" / "demo"
 
@@ -61,7 +62,7 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path) -> dict:
     times = {stage: float(table.loc[stage, "wall_s"]) for stage in STAGES}
     for name, seconds in times.items():
         print(f"  {preset:9s} {name:16s} {seconds:7.2f} s", flush=True)
-    report = steps.quality_report(store, key, spec.ground_truth, config)
+    report = quality_report(store, key, spec.ground_truth, config)
     dense = times["pairwise_depths"] + times["camera_depths"] + times["fused_cloud"] + times["mesh"]
     return {
         "preset": preset,

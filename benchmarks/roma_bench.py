@@ -33,12 +33,12 @@ import torch
 from aquamvs_assets.project import DEMO_SURVEY_DIR
 from aquamvs_core import steps as steps
 from aquamvs_core.config import build_config
-from aquamvs_core.stages.dense.roma import RomaSession, RomaSettings, build_roma, random_checkpoints
-from aquamvs_core.stages.dense.correspondence_depth import warp_to_pair_depth
-from aquamvs_core.stages.pairs import select_pairs
 from aquamvs_core.evaluation.profiling import Profiler
-from aquamvs_core.store.survey_store import SurveyStore
-from aquamvs_core.survey.spec import load_survey_spec
+from aquamvs_core.stages.dense.correspondence_depth import warp_to_pair_depth
+from aquamvs_core.stages.dense.roma import RomaSession, RomaSettings, build_roma, random_checkpoints
+from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import load_survey_spec
 from aquamvs_core.synthetic import load_ground_truth
 from aquamvs_core.synthetic.exact_matches import GroundTruthMatcher
 
@@ -47,7 +47,7 @@ FRAME = "f000000"
 
 def streaming(store, pairs, config, matcher, cams) -> None:
     for p in pairs:
-        steps.roma_pair_depth_step(store, FRAME, p, config, matcher, cams=cams)
+        steps.roma_pairwise_depths_step(store, FRAME, p, config, matcher, cams=cams)
 
 
 def accumulating(store, pairs, config, matcher, cams) -> None:

@@ -32,14 +32,15 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.stages.depth_map import pixel_grid
 from aquamvs_core.camera.distortion import distort_pixels
-from aquamvs_core.survey.frames import open_source
+from aquamvs_core.camera.sampling import pixel_grid
 from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.sparse.depth_ranges import DepthRangeConfig, camera_depth_ranges
 from aquamvs_core.stages.sparse.matching import SparseMatchConfig
-from aquamvs_core.stages.sparse.pair_matching import DepthRangeConfig, camera_depth_ranges, match_and_triangulate
+from aquamvs_core.stages.sparse.pair_matching import match_and_triangulate
 from aquamvs_core.stages.sparse.triangulation import TriangulationConfig
 from aquamvs_core.stages.stereo import PRESETS, PlaneSweepConfig, StereoView, depth_for_camera
+from aquamvs_core.survey import open_source
 from aquamvs_core.synthetic import Terrain, generate_survey, load_ground_truth, trace_pixels
 
 STAGES = ("prepare", "warp", "sweep", "refine", "finish")

@@ -72,7 +72,7 @@ def synthetic_small_survey(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def synthetic_survey_file(synthetic_small_survey, tmp_path):
     """A copy of the small survey's YAML whose Zarr store is private to the test."""
-    from aquamvs_core.survey.spec import load_survey_spec
+    from aquamvs_core.survey import load_survey_spec
 
     spec = load_survey_spec(synthetic_small_survey)
     private = spec.model_copy(update={"store": str(tmp_path / "store.zarr")})
@@ -87,9 +87,9 @@ def gt_scene():
     from types import SimpleNamespace
 
     from aquamvs_core.camera.distortion import build_undistortion_map, undistort_image, undistorted_intrinsics
-    from aquamvs_core.evaluation.metrics import gt_depth_maps
     from aquamvs_core.camera.refraction import RefractiveCamera
     from aquamvs_core.synthetic import SyntheticSurveyConfig, make_rig, make_terrain, render_view
+    from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
 
     config = SyntheticSurveyConfig(
         seed=7,

@@ -12,8 +12,8 @@ import yaml
 
 from aquamvs_assets.cli import main as cli_main
 from aquamvs_core.config import ConfigError, build_config
-from aquamvs_core.survey.frames import VideoSource
 from aquamvs_core.evaluation.metrics import mesh_metrics, reconstruction_metrics
+from aquamvs_core.survey.video import VideoSource
 from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey, load_ground_truth
 
 # Looser than the product targets (0.3 / 1.0 mm, 90 %): this survey is 320×240 (a pixel covers

@@ -12,8 +12,8 @@ from aquamvs_assets.assets.ingestion import frames
 from aquamvs_assets.partitions import frame_partitions
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_core.evaluation.benchmark import STAGES, benchmark_matrix
-from aquamvs_core.stages.pairs import select_pairs
 from aquamvs_core.preview import bar_chart, encode_png
+from aquamvs_core.stages.pairs import select_pairs
 
 GROUP = "benchmarks"
 ACCURACY = ["median_mm", "p90_mm", "outlier_fraction", "completeness"]

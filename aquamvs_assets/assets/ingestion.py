@@ -6,10 +6,11 @@ import dagster as dg
 
 from aquamvs_assets.partitions import frame_partitions
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
-from aquamvs_core.stages.ingest import Undistorter, ingest_frames, write_calibration
-from aquamvs_core.stages.pairs import select_pairs
 from aquamvs_core.preview import encode_png, mosaic
-from aquamvs_core.survey.spec import frame_index
+from aquamvs_core.stages.ingest import Undistorter
+from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.steps import ingest_frames, write_calibration
+from aquamvs_core.survey import frame_index
 
 FRAMES_CHECK = "frames_complete"
 

@@ -15,9 +15,10 @@ import dagster as dg
 from aquamvs_assets.assets.ingestion import frames
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, ZarrStoreResource
 from aquamvs_core import steps as steps
-from aquamvs_core.stages.pairs import CameraPair
-from aquamvs_core.preview import encode_png, height_map_preview
 from aquamvs_core.evaluation.profiling import Profiler
+from aquamvs_core.evaluation.quality import quality_report
+from aquamvs_core.preview import encode_png, height_map_preview
+from aquamvs_core.stages.pairs import CameraPair
 
 QUALITY_CHECK = "reconstruction_quality"
 #: Concurrency pool of the GPU-bound assets (limit 1 in dagster.yaml: one model per card).
@@ -103,7 +104,7 @@ def build_reconstruction_assets(
             frame, pair = split(key)
             if frame != current:
                 features, current = {}, frame
-            summaries[key] = steps.sparse_step(zs, frame, pair, config, cams, model_cache, features)
+            summaries[key] = steps.sparse_matches_step(zs, frame, pair, config, cams, model_cache, features)
             context.log.info(f"{key}: {summaries[key]['kept']}/{summaries[key]['matches']} matches kept")
         last = summaries[context.partition_keys[-1]]
         return dg.MaterializeResult(
@@ -199,13 +200,13 @@ def build_reconstruction_assets(
         if config.pathway == "roma":
             with roma.session(context.log) as session:  # loaded once for every partition of the run
                 for n, (key, frame, pair) in enumerate(todo, start=1):
-                    summaries[key] = steps.roma_pair_depth_step(
+                    summaries[key] = steps.roma_pairwise_depths_step(
                         zs, frame, pair, config, session, session.settings, cams
                     )
                     report(n, key, summaries[key])
         else:
             for n, (key, frame, pair) in enumerate(todo, start=1):
-                summaries[key] = steps.pair_depth_step(zs, frame, pair, config, cams)
+                summaries[key] = steps.pairwise_depths_step(zs, frame, pair, config, cams)
                 report(n, key, summaries[key])
         last = next(reversed(summaries.values()), {})
         return dg.MaterializeResult(
@@ -233,7 +234,7 @@ def build_reconstruction_assets(
         profile = _StageProfile(context, reconstruction)
         chosen = steps.dense_pairs(zs, pairs, config)
         for frame in _by_frame(context):
-            summary = steps.camera_depth_step(zs, frame, chosen, config)
+            summary = steps.camera_depths_step(zs, frame, chosen, config)
         return dg.MaterializeResult(
             metadata={
                 **profile.finish(),
@@ -257,7 +258,7 @@ def build_reconstruction_assets(
         zs, config = store.get(), reconstruction.config()
         profile = _StageProfile(context, reconstruction)
         for frame in _by_frame(context):
-            cloud = steps.fusion_step(zs, frame, config)
+            cloud = steps.fused_cloud_step(zs, frame, config)
             context.log.info(f"{frame}: {len(cloud)} fused points {cloud.stats}")
         return dg.MaterializeResult(
             metadata={
@@ -317,7 +318,7 @@ def build_reconstruction_assets(
                 if path:
                     context.log.info(f"exported {path}")
             if ground_truth:
-                report = steps.quality_report(zs, frame, ground_truth, config)
+                report = quality_report(zs, frame, ground_truth, config)
                 check_results.append(
                     dg.AssetCheckResult(
                         check_name=QUALITY_CHECK,

@@ -33,8 +33,7 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import CameraCalibration
-
-ArrayLike = np.ndarray | torch.Tensor
+from aquamvs_core.camera.sampling import ArrayLike
 
 MAX_FISHEYE_HALF_ANGLE_DEG = 60.0
 """Largest half-angle kept by the undistorted pinhole image of a fisheye camera."""

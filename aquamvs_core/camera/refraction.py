@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import CameraCalibration, Interface
-
-ArrayLike = np.ndarray | torch.Tensor
+from aquamvs_core.camera.sampling import ArrayLike
 
 
 def _as64(x: ArrayLike) -> torch.Tensor:

@@ -10,14 +10,16 @@ from typing import Any
 
 import pandas as pd
 
-from aquamvs_core import steps as steps
+from aquamvs_core import steps
 from aquamvs_core.config import ReconstructionConfig, build_config
-from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.evaluation.profiling import Profiler
-from aquamvs_core.store.survey_store import SurveyStore
+from aquamvs_core.evaluation.quality import quality_report
+from aquamvs_core.stages.pairs import CameraPair
+from aquamvs_core.store import SurveyStore
 
-STAGES = ("sparse_matches", "sparse_cloud", "pairwise_depths", "camera_depths", "fused_cloud", "mesh")
-DENSE_STAGES = ("pairwise_depths", "camera_depths", "fused_cloud", "mesh")
+#: Stage names (= asset names) in flow order, and those of the dense stages.
+STAGES = tuple(stage.name for stage in steps.STAGES)
+DENSE_STAGES = tuple(stage.name for stage in steps.DENSE_STAGES)
 
 
 def profile_frame(
@@ -34,25 +36,26 @@ def profile_frame(
     dense_pairs = steps.dense_pairs(store, pairs, config)
     features: dict = {}
     models: dict = {}
-    with profiler.stage("sparse_matches"):
+    sparse_matches, sparse_cloud, pairwise_depths, camera_depths, fused_cloud, mesh_stage = STAGES
+    with profiler.stage(sparse_matches):
         for p in pairs:
-            steps.sparse_step(store, frame, p, config, cams, models, features)
-    with profiler.stage("sparse_cloud"):
+            steps.sparse_matches_step(store, frame, p, config, cams, models, features)
+    with profiler.stage(sparse_cloud):
         steps.sparse_cloud_step(store, frame, pairs, config)
-    with profiler.stage("pairwise_depths"):
+    with profiler.stage(pairwise_depths):
         for p in dense_pairs:
-            steps.pair_depth_step(store, frame, p, config, cams)
-    with profiler.stage("camera_depths"):
-        steps.camera_depth_step(store, frame, dense_pairs, config)
-    with profiler.stage("fused_cloud"):
-        cloud = steps.fusion_step(store, frame, config)
-    with profiler.stage("mesh"):
+            steps.pairwise_depths_step(store, frame, p, config, cams)
+    with profiler.stage(camera_depths):
+        steps.camera_depths_step(store, frame, dense_pairs, config)
+    with profiler.stage(fused_cloud):
+        cloud = steps.fused_cloud_step(store, frame, config)
+    with profiler.stage(mesh_stage):
         mesh = steps.mesh_step(store, frame, config)
     return profiler, {"points": len(cloud), "vertices": len(mesh.vertices), "triangles": len(mesh.triangles)}
 
 
 def accuracy_columns(report: dict[str, Any]) -> dict[str, float]:
-    """The benchmark table's accuracy columns from :func:`~aquamvs_core.steps.quality_report`."""
+    """The benchmark table's accuracy columns from :func:`~aquamvs_core.evaluation.quality.quality_report`."""
     return {
         "median_mm": report["cloud_median_abs_error_mm"],
         "p90_mm": report["cloud_p90_abs_error_mm"],
@@ -100,6 +103,6 @@ def benchmark_matrix(
             row["peak_rss_mb"] = round(float(times["peak_rss_mb"].max()), 1)
             row.update(sizes)
             if ground_truth is not None:
-                row.update(accuracy_columns(steps.quality_report(store, frame, ground_truth, config)))
+                row.update(accuracy_columns(quality_report(store, frame, ground_truth, config)))
             rows.append(row)
     return pd.DataFrame(rows)

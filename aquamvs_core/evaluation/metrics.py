@@ -11,39 +11,27 @@ down, metres. Errors are reported in **millimetres**.
   2 mm spacing with ``cell_step``) that have a reconstructed point within ``completeness_radius_mm``
   in 3-D (Open3D nearest-neighbour search). Usually restricted to the cells that at least two
   cameras see (:func:`visibility_count`), since nothing else can be reconstructed.
-* :func:`gt_depth_map` builds the exact ground-truth depth map of a camera on its undistorted pixel
-  grid (the reference depth maps for fusion tests and the occlusion test of :func:`visibility_count`).
+* The exact ground-truth depth maps that the occlusion test of :func:`visibility_count` takes are
+  :func:`aquamvs_core.synthetic.ground_truth_views.gt_depth_maps`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import numpy as np
 import open3d as o3d
-import open3d.core as o3c
 import torch
 
-from aquamvs_core.camera.calibration import CameraCalibration, Interface, Rig
-from aquamvs_core.stages.depth_map import DepthMap, pixel_grid
-from aquamvs_core.camera.distortion import build_undistortion_map, distort_pixels, undistorted_intrinsics
-from aquamvs_core.stages.fusion import sample_map
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.camera.sampling import sample_map
 from aquamvs_core.runtime import torch_threads
-from aquamvs_core.synthetic.ground_truth import bilinear_height
+from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.fusion.cloud import nearest_distances
+from aquamvs_core.synthetic.ground_truth import HeightGrid, bilinear_height
 
 DEFAULT_CELL_SPACING = 0.002
 """Target spacing (metres) of the evaluation cells when ``cell_step`` is not given."""
-
-
-class HeightGrid(Protocol):
-    """What the metrics need of a ground truth (``GroundTruth`` and ``Terrain`` both have it)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def heights(self, frame_index: int) -> np.ndarray: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,19 +70,6 @@ def cloud_errors(points: np.ndarray, gt: HeightGrid, frame_index: int) -> np.nda
     """(N,) signed vertical errors, mm: ``Z_point - h(x, y)`` (NaN outside the ground-truth grid)."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     return (pts[:, 2] - height_at(gt, frame_index, pts[:, :2])) * 1e3
-
-
-def nearest_distances(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """(M,) 3-D distance from each of ``queries`` (M, 3) to its nearest of ``points`` (N, 3), metres
-    (Open3D KD-tree search; inf when ``points`` is empty)."""
-    q = np.ascontiguousarray(np.asarray(queries, dtype=np.float64).reshape(-1, 3))
-    p = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 3))
-    if p.shape[0] == 0 or q.shape[0] == 0:
-        return np.full(q.shape[0], np.inf)
-    nns = o3c.nns.NearestNeighborSearch(o3c.Tensor(p))
-    nns.knn_index()
-    _, dist2 = nns.knn_search(o3c.Tensor(q), 1)
-    return np.sqrt(dist2.numpy()[:, 0])
 
 
 def reconstruction_metrics(
@@ -279,54 +254,3 @@ def _sees(
         d, ok_d = sample_map(depth, uv, "bilinear")
         ok = ok & ok_r & ok_d & ((torch.nan_to_num(d[:, 0]) - s).abs() <= tol)
     return ok
-
-
-# --------------------------------------------------------------------------------------------
-# Ground-truth depth maps
-# --------------------------------------------------------------------------------------------
-
-
-def gt_depth_map(
-    camera_calib: CameraCalibration,
-    interface: Interface,
-    terrain: HeightGrid,
-    frame_index: int,
-    K_new: np.ndarray | None = None,
-) -> DepthMap:
-    """The exact ground-truth :class:`DepthMap` of a camera on its undistorted pixel grid.
-
-    Every undistorted pixel centre (intrinsics ``K_new``, default
-    :func:`~aquamvs_core.camera.distortion.undistorted_intrinsics`) is mapped to the original image
-    (:func:`~aquamvs_core.camera.distortion.distort_pixels`) and traced through the water onto the
-    heightfield (:func:`~aquamvs_core.synthetic.trace_pixels`); its ray depth is the depth. Pixels
-    whose source lies outside the original image (``UndistortionMap.valid``) or whose ray misses the
-    terrain are NaN. Confidence is 1 where there is a depth, 0 elsewhere.
-
-    ``terrain`` is a :class:`~aquamvs_core.synthetic.Terrain` or a
-    :class:`~aquamvs_core.synthetic.GroundTruth` (anything with ``x``, ``y`` and ``heights(frame)``).
-    """
-    from aquamvs_core.synthetic.render import trace_pixels  # evaluation support only
-
-    if K_new is None:
-        K_new = undistorted_intrinsics(camera_calib)
-    w, h = camera_calib.image_size
-    grid = pixel_grid(w, h, dtype=torch.float64).reshape(-1, 2)
-    distorted = distort_pixels(grid, camera_calib, K_new)
-    hits = trace_pixels(camera_calib, interface, terrain, frame_index, distorted.numpy())  # type: ignore[arg-type]
-    valid = build_undistortion_map(camera_calib, K_new).valid.reshape(-1).numpy() & hits.hit
-    depth = np.where(valid, hits.ray_depth, np.nan).reshape(h, w).astype(np.float32)
-    confidence = np.isfinite(depth).astype(np.float32)
-    return DepthMap(
-        camera=camera_calib.name, depth=torch.from_numpy(depth), confidence=torch.from_numpy(confidence)
-    )
-
-
-def gt_depth_maps(
-    rig: Rig, terrain: HeightGrid, frame_index: int, names: list[str] | None = None
-) -> dict[str, DepthMap]:
-    """:func:`gt_depth_map` of every camera of ``rig`` (or of ``names``), each on the undistorted grid
-    of :func:`~aquamvs_core.camera.distortion.undistorted_intrinsics`."""
-    return {
-        name: gt_depth_map(rig[name], rig.interface, terrain, frame_index, undistorted_intrinsics(rig[name]))
-        for name in (rig.camera_names if names is None else names)
-    }

@@ -4,25 +4,21 @@ A depth map lives on the pixel grid of a camera's *undistorted* image (intrinsic
 Its values are **ray depths** (see :mod:`aquamvs_core.camera.refraction`): metres along the refracted ray
 from the water surface, so the 3-D point of pixel (u, v) is ``origin + depth * direction`` of
 ``RefractiveCamera.cast_ray((u, v))``. NaN marks pixels without a depth.
+
+Depths are searched over a **world-Z range** per camera: :func:`z_range_from_samples` derives it
+from sample heights (the sparse points a camera sees), :func:`fallback_z_range` is what is searched
+when nothing narrows it down.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from aquamvs_core.camera.refraction import RefractiveCamera, point_at_ray_depth
-
-
-def pixel_grid(
-    width: int, height: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """(H, W, 2) pixel centres (u, v) of a ``width`` × ``height`` image."""
-    u = torch.arange(width, device=device, dtype=dtype)
-    v = torch.arange(height, device=device, dtype=dtype)
-    vv, uu = torch.meshgrid(v, u, indexing="ij")
-    return torch.stack([uu, vv], dim=-1)
+from aquamvs_core.camera.sampling import pixel_grid
 
 
 @dataclass
@@ -73,3 +69,34 @@ class CameraDepth(DepthMap):
     support: torch.Tensor | None = None
     candidates: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+#: Water depths (metres below the surface) searched when nothing narrows the range down.
+FALLBACK_DEPTH_BELOW_WATER_M: tuple[float, float] = (0.05, 2.0)
+
+
+def fallback_z_range(
+    water_z: float, depth_below_water: tuple[float, float] = FALLBACK_DEPTH_BELOW_WATER_M
+) -> tuple[float, float]:
+    """World-Z range ``water_z + depth_below_water`` (metres, Z down)."""
+    return water_z + depth_below_water[0], water_z + depth_below_water[1]
+
+
+def z_range_from_samples(
+    z: np.ndarray,
+    water_z: float,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    margin_m: float = 0.01,
+) -> tuple[float, float]:
+    """World-Z search range from sample heights ``z`` (N,) (metres, Z down; e.g. sparse points):
+    their ``percentiles`` widened by ``margin_m`` on both sides, kept 1 mm below the water surface.
+
+    Raises:
+        ValueError: fewer than two finite samples below the water.
+    """
+    z = np.asarray(z, dtype=np.float64).reshape(-1)
+    z = z[np.isfinite(z) & (z > water_z)]
+    if z.size < 2:
+        raise ValueError("need at least two finite underwater points")
+    lo, hi = np.percentile(z, percentiles)
+    return max(float(lo) - margin_m, water_z + 1e-3), float(hi) + margin_m

@@ -39,11 +39,13 @@ import open3d.core as o3c
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquamvs_core.stages.depth_map import DepthMap
-from aquamvs_core.stages.fusion import FusedCloud, atomic_path, image_tensor, sample_map
-from aquamvs_core.evaluation.metrics import nearest_distances
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.camera.sampling import image_tensor, sample_map
+from aquamvs_core.files import atomic_path
 from aquamvs_core.runtime import torch_threads
+from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.fusion import FusedCloud
+from aquamvs_core.stages.fusion.cloud import nearest_distances
 
 MESH_FORMATS = (".ply", ".obj", ".stl", ".glb")
 

@@ -1,103 +1,43 @@
-"""The survey's Zarr (v3) store: calibration and undistorted frames, with atomic frame commits.
-
-The root is a local path (default) or any fsspec URL (``s3://bucket/survey``, ``memory://x``).
-Layout::
-
-    <root>/                       group, attrs {"aquamvs_layout": 1, "survey": name}
-      calibration/                group, attrs {"calibration": <AquaCal JSON dict>, "calibration_hash",
-                                                "source", "undistorted_K": {cam: 3x3}, "cameras": [...],
-                                                "written_at"}
-        valid_mask/<camera>       (H, W) bool: undistorted-image validity, chunk = whole image
-      frames/<frame_key>/         group, attrs {"frame_index", "calibration_hash", "sources": {cam: path},
-                                                "cameras": [...], "complete": true, "written_at", "write_id"}
-        <camera>                  (H, W, 3) uint8 RGB undistorted image, chunks = (H, W, 3)
-                                  (consumers read whole images: one object per image on object stores)
-      pairs/<ref>-<src>/          group, attrs: pair geometry (baseline, overlap through the water, ...)
-      tables/<name>.csv           tables (e.g. benchmark results), written with pandas, atomically
-      products/<stage>/<frame>/<part>/   group of arrays written by a pipeline stage (sparse matches,
-                                  depth maps, clouds, meshes), committed like frames; e.g.
-                                  products/depth/f000001/cam0-cam1/{depth, confidence}
-
-Frame keys are :func:`aquamvs_core.survey.spec.frame_key` strings (``f000123``).
-
-**Commit protocol.** A frame exists for readers only when its group's attrs say ``complete: true``.
-:meth:`SurveyStore.write_frame` validates everything first (bad input writes nothing), then
-replaces the attrs by ``complete: false``, writes the arrays, and writes the full attrs with
-``complete: true`` last; a crash at any point leaves no complete frame that mixes old and new
-images. A reader re-checks the attrs after reading and reports a frame rewritten meanwhile as
-incomplete. The calibration group is committed the same way (its ``calibration_hash`` last).
-Group attrs live in one metadata object per group, written with a single put (atomic on object
-stores; temp file and rename on local disk). One writer per frame at a time is assumed.
-"""
+"""The survey store (:class:`SurveyStore`): calibration, undistorted frames, pair geometry, pipeline
+products and tables in one Zarr v3 hierarchy (layout: :mod:`aquamvs_core.store.layout`), every
+group written under the commit protocol of :mod:`aquamvs_core.store.commit`."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore
 
 from aquamvs_core.camera.calibration import Rig, parse_calibration, rig_to_dict
-from aquamvs_core.survey.spec import frame_index, is_url
-
-LAYOUT_VERSION = 1
-CALIBRATION = "calibration"
-VALID_MASK = "valid_mask"
-FRAMES = "frames"
-PAIRS = "pairs"
-PRODUCTS = "products"
-PRODUCT_CHUNK_ROWS = 1 << 20  # rows per chunk of long (N, ...) arrays such as point clouds
-RESERVED_FRAME_ATTRS = ("complete", "cameras", "written_at", "write_id")
-
-
-class StoreError(Exception):
-    """A store that cannot be opened, or a missing calibration; the message names the root."""
-
-
-class StoreKeyError(StoreError, KeyError):
-    """A missing frame or camera (a KeyError whose message is not quoted)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class FrameNotFoundError(StoreKeyError):
-    """The frame has no group in the store."""
-
-
-class IncompleteFrameError(FrameNotFoundError):
-    """The frame's group exists but is not committed (a write failed or is in progress)."""
-
-
-def open_zarr_store(root: str | Path, read_only: bool = False) -> Store:
-    """The Zarr store for ``root``: a :class:`LocalStore` for a path or ``file://`` URL, else an
-    :class:`FsspecStore` for the URL."""
-    root = str(root)
-    if is_url(root) and not root.startswith("file://"):
-        return FsspecStore.from_url(root, read_only=read_only)
-    path = root.removeprefix("file://")
-    return LocalStore(Path(path).expanduser(), read_only=read_only)
-
-
-def _write_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
-    """Write ``data`` as array ``name`` of ``group`` in one chunk, replacing any existing array."""
-    group.create_array(name, data=data, chunks=data.shape, overwrite=True)
-
-
-def _write_product_array(group: zarr.Group, name: str, data: np.ndarray) -> None:
-    """Images and maps (2-D or more) in one chunk; long 1-D/(N, k) tables chunked by rows."""
-    chunks = data.shape if data.ndim >= 2 and data.shape[0] * 8 < PRODUCT_CHUNK_ROWS else None
-    if chunks is None:
-        chunks = (max(1, min(data.shape[0], PRODUCT_CHUNK_ROWS)), *data.shape[1:])
-    group.create_array(name, data=data, chunks=chunks, overwrite=True)
+from aquamvs_core.files import atomic_path
+from aquamvs_core.store.commit import (
+    COMPLETE,
+    commit_group,
+    is_committed,
+    json_attrs,
+    row_chunks,
+    write_arrays,
+)
+from aquamvs_core.store.layout import (
+    CALIBRATION,
+    FRAMES,
+    LAYOUT_VERSION,
+    PAIRS,
+    PRODUCTS,
+    RESERVED_FRAME_ATTRS,
+    VALID_MASK,
+    FrameNotFoundError,
+    IncompleteFrameError,
+    StoreError,
+    StoreKeyError,
+    open_zarr_store,
+)
+from aquamvs_core.survey import frame_index, is_url
 
 
 def _check_product_path(path: str) -> list[str]:
@@ -105,10 +45,6 @@ def _check_product_path(path: str) -> list[str]:
     if any(not p or p.startswith(".") or not all(c.isalnum() or c in "_.-" for c in p) for p in parts):
         raise ValueError(f"invalid product path {path!r}: use '/'-separated names of letters, digits, '_.-'")
     return parts
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class SurveyStore:
@@ -190,27 +126,21 @@ class SurveyStore:
         masks = _check_masks(valid_masks, names)
 
         group = self._group.require_group(CALIBRATION)
-        group.attrs.put({})  # uncommitted while being rewritten
-        mask_group = group.require_group(VALID_MASK)
-        for stale in set(mask_group.array_keys()) - set(names):
-            del mask_group[stale]
-        for cam in names:
-            _write_array(mask_group, cam, masks[cam])
-        group.attrs.put(
+        commit_group(
+            group,
+            lambda: write_arrays(group.require_group(VALID_MASK), masks),
             {
                 "calibration": rig_to_dict(rig),
                 "calibration_hash": rig.content_hash,
                 "source": rig.source,
                 "undistorted_K": {cam: K.tolist() for cam, K in Ks.items()},
                 "cameras": names,
-                "written_at": _now(),
-            }
+            },
         )
 
     def has_calibration(self) -> bool:
         """Whether a calibration has been completely written."""
-        group = self._group.get(CALIBRATION)
-        return isinstance(group, zarr.Group) and "calibration_hash" in group.attrs
+        return is_committed(self._group.get(CALIBRATION))
 
     def read_calibration(self) -> dict[str, Any]:
         """The calibration group's attrs (see the layout).
@@ -240,7 +170,7 @@ class SurveyStore:
 
     def _calibration_group(self) -> zarr.Group:
         group = self._group.get(CALIBRATION)
-        if not isinstance(group, zarr.Group) or "calibration_hash" not in group.attrs:
+        if not is_committed(group):
             raise StoreError(
                 f"{self._root}: no calibration in the store (write_calibration has not completed)"
             )
@@ -250,12 +180,7 @@ class SurveyStore:
 
     def write_pair_geometry(self, pair_key: str, geometry: Mapping[str, Any]) -> None:
         """Store a camera pair's geometry (JSON-serialisable attrs, one atomic put)."""
-        try:
-            payload = json.loads(json.dumps(dict(geometry)))
-        except (TypeError, ValueError) as exc:
-            raise StoreError(
-                f"{self._root}: pair {pair_key!r}: geometry is not JSON-serialisable ({exc})"
-            ) from None
+        payload = json_attrs(geometry, f"{self._root}: pair {pair_key!r}: geometry")
         pairs = self._group.require_group(PAIRS)
         pairs.require_group(pair_key).attrs.put(payload)
 
@@ -285,24 +210,14 @@ class SurveyStore:
         if not arrays or not all(isinstance(a, np.ndarray) for a in arrays.values()):
             raise ValueError(f"product {path}: expected a non-empty mapping name → numpy array")
         _check_product_path("/".join(arrays))
-        try:
-            meta = json.loads(json.dumps(dict(attrs or {})))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"product {path}: attrs are not JSON-serialisable ({exc})") from None
+        meta = json_attrs(attrs, f"product {path}")
         group = self._group.require_group(f"{PRODUCTS}/{path}")
-        group.attrs.put({"complete": False})
-        for stale in set(group.array_keys()) - set(arrays):
-            del group[stale]
-        for name, data in arrays.items():
-            _write_product_array(group, name, np.ascontiguousarray(data))
-        meta.update(arrays=list(arrays), written_at=_now(), complete=True)
-        group.attrs.put(meta)
+        commit_group(group, lambda: write_arrays(group, arrays, row_chunks), {**meta, "arrays": list(arrays)})
 
     def has_product(self, path: str) -> bool:
         """Whether ``products/<path>`` is completely written."""
         _check_product_path(path)
-        group = self._group.get(f"{PRODUCTS}/{path}")
-        return isinstance(group, zarr.Group) and group.attrs.get("complete") is True
+        return is_committed(self._group.get(f"{PRODUCTS}/{path}"))
 
     def product_attrs(self, path: str) -> dict[str, Any]:
         """Attrs of a committed product (:class:`StoreKeyError` if absent or incomplete)."""
@@ -323,12 +238,12 @@ class SurveyStore:
         group = self._group.get(f"{PRODUCTS}/{prefix}")
         if not isinstance(group, zarr.Group):
             return []
-        return sorted(name for name, g in group.groups() if g.attrs.get("complete") is True)
+        return sorted(name for name, g in group.groups() if is_committed(g))
 
     def _committed_product(self, path: str) -> zarr.Group:
         _check_product_path(path)
         group = self._group.get(f"{PRODUCTS}/{path}")
-        if not isinstance(group, zarr.Group) or group.attrs.get("complete") is not True:
+        if not is_committed(group):
             raise StoreKeyError(f"{self._root}: product {path} is not in the store (or is incomplete)")
         return group
 
@@ -346,10 +261,8 @@ class SurveyStore:
             table.to_csv(url, index=False)
             return url
         path = Path(url.removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
         return str(path)
 
     def read_table(self, name: str) -> pd.DataFrame:
@@ -381,15 +294,8 @@ class SurveyStore:
         meta = _check_frame_attrs(key, index, attrs or {})
 
         group = self._group.require_group(FRAMES).require_group(key)
-        group.attrs.put({"frame_index": index, "complete": False})  # uncommit before touching arrays
-        for stale in set(group.array_keys()) - set(cameras):
-            del group[stale]
-        for cam in cameras:
-            _write_array(group, cam, images[cam])
-        meta.update(
-            frame_index=index, cameras=cameras, written_at=_now(), write_id=uuid.uuid4().hex, complete=True
-        )
-        group.attrs.put(meta)
+        meta.update(frame_index=index, cameras=cameras, write_id=uuid.uuid4().hex)
+        commit_group(group, lambda: write_arrays(group, images), meta, placeholder={"frame_index": index})
 
     def has_frame(self, key: str) -> bool:
         """Whether frame ``key`` is completely written."""
@@ -410,7 +316,7 @@ class SurveyStore:
                 index = frame_index(key)
             except ValueError:
                 continue
-            if group.attrs.get("complete") is True:
+            if is_committed(group):
                 keys.append((index, key))
         return [key for _, key in sorted(keys)]
 
@@ -458,7 +364,7 @@ class SurveyStore:
         group = self._frame_group(key)
         if group is None:
             return False
-        group.attrs.put({"frame_index": index, "complete": False})
+        group.attrs.put({"frame_index": index, COMPLETE: False})
         del self._group[FRAMES][key]
         return True
 
@@ -472,7 +378,7 @@ class SurveyStore:
         if group is None:
             raise FrameNotFoundError(f"{self._root}: frame {key} is not in the store")
         attrs = group.attrs.asdict()
-        if attrs.get("complete") is not True:
+        if not is_committed(group):
             raise IncompleteFrameError(
                 f"{self._root}: frame {key} is incomplete (its write failed or is in progress)"
             )
@@ -480,7 +386,7 @@ class SurveyStore:
 
     def _write_id(self, key: str) -> str | None:
         group = self._frame_group(key)
-        if group is None or group.attrs.get("complete") is not True:
+        if not is_committed(group):
             return None
         return group.attrs.get("write_id")
 
@@ -542,9 +448,4 @@ def _check_frame_attrs(key: str, index: int, attrs: Mapping[str, Any]) -> dict[s
         raise ValueError(f"frame {key}: attrs {reserved} are set by the store")
     if "frame_index" in attrs and attrs["frame_index"] != index:
         raise ValueError(f"frame {key}: attrs frame_index {attrs['frame_index']!r} does not match the key")
-    meta = dict(attrs)
-    try:
-        json.dumps(meta)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"frame {key}: attrs are not JSON-serialisable ({exc})") from None
-    return meta
+    return json_attrs(attrs, f"frame {key}")

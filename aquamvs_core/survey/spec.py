@@ -10,27 +10,22 @@ A survey is defined by a YAML file (:class:`SurveySpec`)::
     pair_neighbours: 4
     ground_truth: null
 
-Frames are named by :func:`frame_key` (``f000123``) in the store and as partition keys.
+Frames are named by :func:`~aquamvs_core.survey.keys.frame_key` (``f000123``) in the store and as partition keys.
 """
 
 from __future__ import annotations
 
-import operator
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from aquamvs_core.camera.calibration import Rig, load_calibration
-from aquamvs_core.survey.frames import VIDEO_SUFFIXES, FrameSource, open_source
+from aquamvs_core.files import atomic_write_text
 
-FRAME_KEY_DIGITS = 6
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-_FRAME_KEY = re.compile(r"f([0-9]{6,})")  # FRAME_KEY_DIGITS or more
 
 
 class SurveyError(ValueError):
@@ -40,32 +35,6 @@ class SurveyError(ValueError):
 def is_url(location: str) -> bool:
     """Whether ``location`` is a URL (``scheme://...``) rather than a plain path."""
     return bool(_URL.match(location))
-
-
-# --------------------------------------------------------------------------------------------
-# Frame keys
-# --------------------------------------------------------------------------------------------
-
-
-def frame_key(index: int) -> str:
-    """Store and partition key of frame ``index``: ``"f"`` and at least 6 digits (``f000123``)."""
-    i = operator.index(index)
-    if i < 0:
-        raise ValueError(f"frame index must be non-negative, got {i}")
-    return f"f{i:0{FRAME_KEY_DIGITS}d}"
-
-
-def frame_index(key: str) -> int:
-    """Inverse of :func:`frame_key`; rejects anything that :func:`frame_key` would not produce."""
-    m = _FRAME_KEY.fullmatch(key) if isinstance(key, str) else None
-    if m is None or frame_key(int(m[1])) != key:
-        raise ValueError(f"invalid frame key {key!r}: expected 'f' and at least 6 digits, e.g. 'f000123'")
-    return int(m[1])
-
-
-# --------------------------------------------------------------------------------------------
-# Survey definition
-# --------------------------------------------------------------------------------------------
 
 
 class FrameSelection(BaseModel):
@@ -137,11 +106,7 @@ class SurveySpec(BaseModel):
                 data[fld] = _portable(value, base)
         if not is_url(self.store):
             data["store"] = _portable(Path(self.store), base)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def _absolute(p: Path, base: Path) -> Path:
@@ -187,145 +152,3 @@ def load_survey_spec(yaml_path: str | Path) -> SurveySpec:
     except ValidationError as exc:
         raise SurveyError(f"{path}: {_format_validation_error(exc)}") from None
     return spec.resolve_paths(_absolute(path, Path.cwd()).parent)
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-def discover_inputs(inputs_dir: str | Path, camera_names: list[str]) -> dict[str, Path]:
-    """Each camera's input in ``inputs_dir``: a video ``<camera>.mp4`` (.avi .mov .mkv, any case) or
-    an image folder ``<camera>/``. Hidden entries and other files are ignored.
-
-    Returns:
-        camera name → input path, in ``camera_names`` order.
-
-    Raises:
-        SurveyError: missing directory, an input for an unknown camera, a camera without input, or a
-            camera with more than one input.
-    """
-    d = Path(inputs_dir)
-    if not d.is_dir():
-        raise SurveyError(f"inputs directory {d} not found")
-    found: dict[str, list[Path]] = {}
-    for entry in sorted(d.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            found.setdefault(entry.name, []).append(entry)
-        elif entry.is_file() and entry.suffix.lower() in VIDEO_SUFFIXES:
-            found.setdefault(entry.stem, []).append(entry)
-    names = list(camera_names)
-    unknown = [n for n in found if n not in names]
-    if unknown:
-        label = "camera" if len(unknown) == 1 else "cameras"
-        raise SurveyError(f"unknown {label} {', '.join(map(repr, unknown))} in {d}; calibration has {names}")
-    for name, paths in found.items():
-        if len(paths) > 1:
-            kinds = "both a video and an image folder" if any(p.is_dir() for p in paths) else "several videos"
-            raise SurveyError(f"camera {name!r} has {kinds} in {d}: {[p.name for p in paths]}; keep one")
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise SurveyError(
-            f"camera(s) {missing} have no input in {d} "
-            f"(expected <camera>{'/'.join(VIDEO_SUFFIXES)} or an image folder <camera>/)"
-        )
-    return {n: found[n][0] for n in names}
-
-
-class Survey:
-    """An opened survey: the calibrated rig and one open frame source per camera.
-
-    Use :meth:`open`; the constructor takes already-opened parts and checks their consistency
-    (on error the caller keeps ownership of ``sources``).
-
-    Raises:
-        SurveyError: sources do not match the rig's cameras, frame counts differ, or an image size
-            differs from the calibration's.
-    """
-
-    def __init__(self, spec: SurveySpec, rig: Rig, sources: dict[str, FrameSource]):
-        if set(sources) != set(rig.camera_names):
-            raise SurveyError(
-                f"sources {sorted(sources)} do not match the calibration's cameras {rig.camera_names}"
-            )
-        counts = {cam: sources[cam].num_frames for cam in rig.camera_names}
-        if len(set(counts.values())) > 1:
-            listing = ", ".join(f"{cam}: {n}" for cam, n in counts.items())
-            raise SurveyError(f"{spec.inputs}: cameras have different frame counts ({listing})")
-        for cam in rig.camera_names:
-            got, want = sources[cam].image_size, rig[cam].image_size
-            if tuple(got) != tuple(want):
-                raise SurveyError(
-                    f"camera {cam!r}: {sources[cam].path} has image size {got[0]}x{got[1]}, "
-                    f"but the calibration {rig.source} has {want[0]}x{want[1]}"
-                )
-        self._spec = spec
-        self._rig = rig
-        self._sources = {cam: sources[cam] for cam in rig.camera_names}
-        self._num_frames = next(iter(counts.values()))
-        self._indices = spec.frames.indices(self._num_frames)
-
-    @classmethod
-    def open(cls, spec: SurveySpec) -> Survey:
-        """Load the calibration, discover and open every camera's input, and check them.
-
-        Raises:
-            CalibrationError: invalid calibration.
-            SurveyError: inconsistent inputs (see :func:`discover_inputs` and the class).
-            FrameSourceError: an unreadable input.
-        """
-        rig = load_calibration(spec.calibration)
-        inputs = discover_inputs(spec.inputs, rig.camera_names)
-        sources: dict[str, FrameSource] = {}
-        try:
-            for cam, path in inputs.items():
-                sources[cam] = open_source(path)
-            return cls(spec, rig, sources)
-        except BaseException:
-            for src in sources.values():
-                src.close()
-            raise
-
-    @property
-    def spec(self) -> SurveySpec:
-        return self._spec
-
-    @property
-    def rig(self) -> Rig:
-        return self._rig
-
-    @property
-    def sources(self) -> dict[str, FrameSource]:
-        """Camera name → frame source, in rig order."""
-        return dict(self._sources)
-
-    @property
-    def num_frames(self) -> int:
-        """Frames per camera (the same for all)."""
-        return self._num_frames
-
-    @property
-    def frame_indices(self) -> list[int]:
-        """The spec's frame selection applied to :attr:`num_frames`."""
-        return list(self._indices)
-
-    def read_frame(self, index: int) -> dict[str, np.ndarray]:
-        """Every camera's raw (distorted) image of frame ``index``: camera → (H, W, 3) uint8 RGB."""
-        i = operator.index(index)
-        if not 0 <= i < self._num_frames:
-            raise IndexError(
-                f"frame index {i} out of range; survey {self._spec.name!r} has {self._num_frames} frames"
-            )
-        return {cam: src.read(i) for cam, src in self._sources.items()}
-
-    def close(self) -> None:
-        for src in self._sources.values():
-            src.close()
-
-    def __enter__(self) -> Survey:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

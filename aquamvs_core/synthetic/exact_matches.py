@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import Rig
-from aquamvs_core.stages.dense.correspondence_depth import CorrespondenceSampler, WarpMatch, grid_pixels
 from aquamvs_core.camera.distortion import distort_pixels
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.stages.dense.correspondence_depth import CorrespondenceSampler, WarpMatch, grid_pixels
 from aquamvs_core.synthetic.ground_truth import GroundTruth
 from aquamvs_core.synthetic.render import trace_pixels
 

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from aquamvs_core.camera.calibration import save_calibration
-from aquamvs_core.survey.frames import write_video
 from aquamvs_core.runtime import torch_threads
-from aquamvs_core.survey.spec import SurveySpec
+from aquamvs_core.survey import SurveySpec
+from aquamvs_core.survey.video_writer import write_video
 from aquamvs_core.synthetic.config import GENERATOR_NAME, SyntheticSurveyConfig
 from aquamvs_core.synthetic.ground_truth import save_ground_truth
 from aquamvs_core.synthetic.render import Heightfield, RenderSettings, render_frames

@@ -13,10 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 GT_KEYS = ("x", "y", "z", "frame_indices")
+
+
+class HeightGrid(Protocol):
+    """A bilinear heightfield per frame (world Z down, metres): what the metrics need of a ground
+    truth (:class:`GroundTruth` and :class:`~aquamvs_core.synthetic.Terrain` both have it)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def heights(self, frame_index: int) -> np.ndarray: ...
 
 
 def bilinear_height(x: np.ndarray, y: np.ndarray, z: np.ndarray, xy: np.ndarray) -> np.ndarray:

@@ -335,10 +335,11 @@ def evaluate(args: argparse.Namespace) -> None:
     import numpy as np
     import open3d as o3d
 
-    from aquamvs_core.evaluation.metrics import gt_depth_maps, mesh_metrics, reconstruction_metrics, visibility_count
+    from aquamvs_core.evaluation.metrics import mesh_metrics, reconstruction_metrics, visibility_count
     from aquamvs_core.steps import StoreCameras
     from aquamvs_core.store.survey_store import SurveyStore
     from aquamvs_core.synthetic import load_ground_truth
+    from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
 
     work = Path(args.work)
     gt = load_ground_truth(Path(args.survey_copy) / "ground_truth.npz")

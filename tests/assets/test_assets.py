@@ -29,10 +29,10 @@ from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
 from aquamvs_core.camera.calibration import load_calibration
 from aquamvs_core.camera.distortion import build_undistortion_map, undistort_image
-from aquamvs_core.survey.frames import VideoSource
 from aquamvs_core.stages.pairs import select_pairs
-from aquamvs_core.store.survey_store import SurveyStore
-from aquamvs_core.survey.spec import load_survey_spec
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import load_survey_spec
+from aquamvs_core.survey.video import VideoSource
 
 ALL_FRAMES = ["f000000", "f000001", "f000002"]
 ASSET_KEYS = {

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from aquamvs_core.camera.calibration import CalibrationError, load_calibration, save_calibration
-from aquamvs_core.stages.pairs import CameraPair, select_pairs
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.stages.pairs import CameraPair, select_pairs
 
 try:  # run from the repository root with tests/ as a package or as a plain folder
     from tests import geometry_reference as ref

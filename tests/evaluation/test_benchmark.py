@@ -8,15 +8,17 @@ import pytest
 
 from aquamvs_assets.cli import main as cli_main
 from aquamvs_core import steps as steps
-from aquamvs_core.evaluation.benchmark import STAGES, accuracy_columns, benchmark_matrix, profile_frame
 from aquamvs_core.camera.calibration import load_calibration
 from aquamvs_core.config import build_config
+from aquamvs_core.evaluation.benchmark import STAGES, accuracy_columns, benchmark_matrix, profile_frame
+from aquamvs_core.evaluation.quality import quality_report
 from aquamvs_core.stages.fusion import FusedCloud
-from aquamvs_core.stages.ingest import Undistorter, ingest_frames, write_calibration
+from aquamvs_core.stages.ingest import Undistorter
 from aquamvs_core.stages.mesh import MeshConfig, build_mesh
 from aquamvs_core.stages.pairs import select_pairs
-from aquamvs_core.store.survey_store import SurveyStore
-from aquamvs_core.survey.spec import Survey, load_survey_spec
+from aquamvs_core.steps import ingest_frames, write_calibration
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Product, Survey, load_survey_spec, product_path
 from aquamvs_core.synthetic import load_ground_truth
 
 FRAME = "f000000"
@@ -64,7 +66,7 @@ def test_matrix_has_the_columns_and_plausible_values(ingested, tmp_path):
     assert 0 < row["median_mm"] < 5 and row["median_mm"] <= row["p90_mm"]
     assert 0.05 < row["completeness"] <= 1.0
     # The source store is untouched: the matrix works on copies.
-    assert not store.has_product(f"cloud/{FRAME}")
+    assert not store.has_product(product_path(Product.FUSED_CLOUD, FRAME))
 
 
 def test_accuracy_columns_agree_with_the_metrics_on_a_planted_reconstruction(ingested):
@@ -80,13 +82,13 @@ def test_accuracy_columns_agree_with_the_metrics_on_a_planted_reconstruction(ing
     n = len(points)
     normals = np.tile(np.array([0.0, 0.0, -1.0], np.float32), (n, 1))
     cloud = FusedCloud(points, np.full((n, 3), 128, np.uint8), normals, np.full(n, 2, np.int32))
-    store.write_product(f"cloud/{FRAME}", cloud.as_arrays())
+    store.write_product(product_path(Product.FUSED_CLOUD, FRAME), cloud.as_arrays())
     clean = FusedCloud(
         points[~outliers], cloud.colors[~outliers], normals[~outliers], cloud.support[~outliers]
     )
     mesh = build_mesh(clean, MeshConfig(method="heightfield", color_source="cloud"))
-    store.write_product(f"mesh/{FRAME}", steps.mesh_to_arrays(mesh))
-    columns = accuracy_columns(steps.quality_report(store, FRAME, spec.ground_truth, build_config()))
+    store.write_product(product_path(Product.MESH, FRAME), steps.mesh_to_arrays(mesh))
+    columns = accuracy_columns(quality_report(store, FRAME, spec.ground_truth, build_config()))
     assert columns["median_mm"] == pytest.approx(0.7, abs=0.01)
     assert columns["outlier_fraction"] == pytest.approx(outliers.mean(), abs=0.002)
     assert columns["mesh_median_mm"] == pytest.approx(0.7, abs=0.05)

@@ -9,19 +9,19 @@ import open3d as o3d
 import pytest
 import torch
 
-from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.camera.distortion import build_undistortion_map, undistorted_intrinsics
+from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.evaluation.metrics import (
     cell_points,
     cloud_errors,
-    gt_depth_maps,
     height_at,
     mesh_metrics,
     reconstruction_metrics,
     visibility_count,
 )
-from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.synthetic import SyntheticSurveyConfig, Terrain, make_rig, make_terrain, ring_center
+from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
 
 
 @pytest.fixture(scope="module")

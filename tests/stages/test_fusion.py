@@ -10,9 +10,10 @@ import pydantic
 import pytest
 import torch
 
-from aquamvs_core.stages.depth_map import DepthMap
-from aquamvs_core.stages.fusion import FusedCloud, FusionConfig, fuse_depth_maps, sample_map
+from aquamvs_core.camera.sampling import sample_map
 from aquamvs_core.evaluation.metrics import cloud_errors, reconstruction_metrics, visibility_count
+from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.fusion import FusedCloud, FusionConfig, fuse_depth_maps
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ def test_missing_camera_or_bad_image_is_an_error(scene):
 
 
 def test_numpy_voxel_reduction_matches_open3d():
-    from aquamvs_core.stages.fusion import _voxel_reduce, _voxel_reduce_fast
+    from aquamvs_core.stages.fusion.fuse import _voxel_reduce, _voxel_reduce_fast
 
     rng = np.random.default_rng(3)
     n = 20000

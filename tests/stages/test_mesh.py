@@ -10,10 +10,16 @@ import pydantic
 import pytest
 import torch
 
+from aquamvs_core.evaluation.metrics import cloud_errors, mesh_metrics, visibility_count
 from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.stages.fusion import FusedCloud, fuse_depth_maps
-from aquamvs_core.stages.mesh import MeshConfig, build_mesh, export_mesh, heightfield_mesh, vertex_colors_from_views
-from aquamvs_core.evaluation.metrics import cloud_errors, mesh_metrics, visibility_count
+from aquamvs_core.stages.mesh import (
+    MeshConfig,
+    build_mesh,
+    export_mesh,
+    heightfield_mesh,
+    vertex_colors_from_views,
+)
 
 
 @pytest.fixture(scope="module")

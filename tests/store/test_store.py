@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import zarr
 
-from aquamvs_core.store import survey_store as store_mod
 from aquamvs_core.camera.calibration import parse_calibration
-from aquamvs_core.store.survey_store import (
+from aquamvs_core.store import (
     FrameNotFoundError,
     IncompleteFrameError,
     StoreError,
     StoreKeyError,
     SurveyStore,
 )
+from aquamvs_core.store import commit as commit_mod
+from aquamvs_core.store import layout as store_mod
 
 CAMERAS = ["cam0", "cam1", "cam2"]
 H, W = 48, 64
@@ -46,17 +47,17 @@ def _raw_group(root: str) -> zarr.Group:
 
 
 class _CrashAfter:
-    """Replacement for ``store._write_array`` that writes ``n`` arrays, then raises."""
+    """Replacement for ``commit.write_array`` that writes ``n`` arrays, then raises."""
 
     def __init__(self, n: int):
         self.n = n
         self.written: list[str] = []
-        self.real = store_mod._write_array
+        self.real = commit_mod.write_array
 
-    def __call__(self, group, name, data):
+    def __call__(self, group, name, data, chunks=None):
         if len(self.written) == self.n:
             raise OSError("simulated crash while writing")
-        self.real(group, name, data)
+        self.real(group, name, data, chunks)
         self.written.append(name)
 
 
@@ -101,7 +102,7 @@ def test_list_frames_is_sorted_by_index_and_skips_incomplete(store_root, monkeyp
     store = SurveyStore(store_root)
     for key in ["f000010", "f000002", "f1000000", "f999999"]:
         store.write_frame(key, _images(cameras=["cam0"]))
-    monkeypatch.setattr(store_mod, "_write_array", _CrashAfter(0))
+    monkeypatch.setattr(commit_mod, "write_array", _CrashAfter(0))
     with pytest.raises(OSError, match="simulated"):
         store.write_frame("f000005", _images(cameras=["cam0"]))
     assert store.list_frames() == ["f000002", "f000010", "f999999", "f1000000"]
@@ -160,7 +161,7 @@ def test_calibration_rewrite_crash_leaves_no_calibration(store_root, survey_aqua
     masks = {cam: np.ones((H, W), bool) for cam in CAMERAS}
     store = SurveyStore(store_root)
     store.write_calibration(rig, Ks, masks)
-    monkeypatch.setattr(store_mod, "_write_array", _CrashAfter(1))
+    monkeypatch.setattr(commit_mod, "write_array", _CrashAfter(1))
     with pytest.raises(OSError, match="simulated"):
         store.write_calibration(rig, Ks, masks)
     assert not store.has_calibration()
@@ -174,7 +175,7 @@ def test_calibration_rewrite_crash_leaves_no_calibration(store_root, survey_aqua
 def test_crash_midway_through_a_new_frame(store_root, monkeypatch):
     store = SurveyStore(store_root)
     crash = _CrashAfter(1)
-    monkeypatch.setattr(store_mod, "_write_array", crash)
+    monkeypatch.setattr(commit_mod, "write_array", crash)
     with pytest.raises(OSError, match="simulated"):
         store.write_frame("f000003", _images(), {"calibration_hash": "abc"})
     assert crash.written == ["cam0"]
@@ -189,7 +190,7 @@ def test_crash_midway_through_a_new_frame(store_root, monkeypatch):
     with pytest.raises(KeyError):  # IncompleteFrameError is a KeyError
         store.read_frame("f000003")
 
-    monkeypatch.setattr(store_mod, "_write_array", crash.real)
+    monkeypatch.setattr(commit_mod, "write_array", crash.real)
     images = _images(4)
     store.write_frame("f000003", images)  # a retry completes the frame
     assert store.list_frames() == ["f000003"]
@@ -202,7 +203,7 @@ def test_crash_midway_through_a_rewrite(store_root, monkeypatch):
     store.write_frame("f000003", old)
     assert store.has_frame("f000003")
 
-    monkeypatch.setattr(store_mod, "_write_array", _CrashAfter(2))
+    monkeypatch.setattr(commit_mod, "write_array", _CrashAfter(2))
     new = _images(2)
     with pytest.raises(OSError, match="simulated"):
         store.write_frame("f000003", new)

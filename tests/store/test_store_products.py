@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import aquamvs_core.store.survey_store as store_module
-from aquamvs_core.store.survey_store import StoreKeyError, SurveyStore
+import aquamvs_core.store.commit as commit_module
+from aquamvs_core.store import StoreKeyError, SurveyStore
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -34,15 +34,15 @@ def test_crash_mid_write_leaves_no_complete_product(store, monkeypatch):
     arrays = {"a": np.ones((4, 4), np.float32), "b": np.zeros((4, 4), np.float32)}
     store.write_product("mesh/f000003", arrays)
     calls = {"n": 0}
-    real = store_module._write_product_array
+    real = commit_module.write_array
 
-    def crash_after_first(group, name, data):
+    def crash_after_first(group, name, data, chunks=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full")
-        real(group, name, data)
+        real(group, name, data, chunks)
 
-    monkeypatch.setattr(store_module, "_write_product_array", crash_after_first)
+    monkeypatch.setattr(commit_module, "write_array", crash_after_first)
     with pytest.raises(OSError, match="disk full"):
         store.write_product("mesh/f000003", {"a": 2 * arrays["a"], "b": arrays["b"]})
     assert not store.has_product("mesh/f000003")

@@ -10,14 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from aquamvs_core.survey.frames import (
-    FrameSource,
-    FrameSourceError,
-    ImageFolderSource,
-    VideoSource,
-    open_source,
-    write_video,
-)
+from aquamvs_core.survey import FrameSource, FrameSourceError, open_source
+from aquamvs_core.survey.image_folder import ImageFolderSource
+from aquamvs_core.survey.video import VideoSource
+from aquamvs_core.survey.video_writer import write_video
 
 
 def _noise_frames(n: int, width: int = 64, height: int = 48, seed: int = 1) -> list[np.ndarray]:

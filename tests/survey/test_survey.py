@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from aquamvs_core.survey import spec as survey_mod
-from aquamvs_core.survey.frames import FrameSourceError, open_source, write_video
-from aquamvs_core.survey.spec import (
+from aquamvs_core.survey import (
     FrameSelection,
+    FrameSourceError,
     Survey,
     SurveyError,
     SurveySpec,
@@ -21,7 +20,10 @@ from aquamvs_core.survey.spec import (
     frame_index,
     frame_key,
     load_survey_spec,
+    open_source,
 )
+from aquamvs_core.survey import inputs as survey_mod
+from aquamvs_core.survey.video_writer import write_video
 
 CAMERAS = ["cam0", "cam1", "cam2"]
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from aquamvs_core.camera.calibration import load_calibration, save_calibration
 from aquamvs_core.camera.distortion import distort_normalized
 from aquamvs_core.camera.refraction import RefractiveCamera
-from aquamvs_core.survey.spec import Survey, load_survey_spec
+from aquamvs_core.survey import Survey, load_survey_spec
 from aquamvs_core.synthetic import (
     GENERATOR_NAME,
     GroundTruth,

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquamvs_core.stages.depth_map import CameraDepth, pixel_grid
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.camera.sampling import pixel_grid
+from aquamvs_core.stages.depth_map import CameraDepth
 from aquamvs_core.stages.sparse.triangulation import TriangulationConfig, triangulate_matches
 
 #: romatch pixel coordinate − this = pixel coordinate here (centres at i + 0.5 there, i here).

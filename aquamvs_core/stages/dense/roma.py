@@ -35,8 +35,8 @@ import psutil
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquamvs_core.stages.dense.correspondence_depth import DEFAULT_CERTAINTY_THRESHOLD, WarpMatch
 from aquamvs_core.runtime import TorchDevice
+from aquamvs_core.stages.dense.correspondence_depth import DEFAULT_CERTAINTY_THRESHOLD, WarpMatch
 
 log = logging.getLogger("aquamvs.roma")
 

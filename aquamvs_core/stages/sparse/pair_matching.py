@@ -1,5 +1,5 @@
-"""Sparse pipeline steps: match and triangulate one camera pair; pool a frame's sparse cloud; derive
-each camera's depth search range from it."""
+"""One camera pair's sparse points: match the two images (the source turned upright first, for
+matchers that are not rotation invariant) and triangulate the matches through the water."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.stages.sparse.matching import SparseMatchConfig, match_images
@@ -114,58 +113,3 @@ def match_and_triangulate(
         angle_deg=tri.angle_deg.cpu().numpy().astype(np.float32),
         keep=tri.keep.cpu().numpy(),
     )
-
-
-class DepthRangeConfig(BaseModel):
-    """How each camera's plane-sweep range (world Z) is derived from the sparse cloud."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    low_percentile: float = Field(1.0, ge=0.0, lt=50.0, description="lower percentile of visible sparse Z")
-    high_percentile: float = Field(
-        99.0, gt=50.0, le=100.0, description="upper percentile of visible sparse Z"
-    )
-    margin_m: float = Field(
-        0.01, ge=0.0, le=1.0, description="added on both sides of the percentile range, m"
-    )
-    min_points: int = Field(30, ge=3, description="fewer visible sparse points → use the frame-wide range")
-    fallback_depth_m: tuple[float, float] = Field(
-        (0.05, 2.0), description="water depths (m below the surface) searched when the cloud is too sparse"
-    )
-
-
-def camera_depth_ranges(
-    points: np.ndarray, cameras: dict[str, RefractiveCamera], config: DepthRangeConfig
-) -> dict[str, dict]:
-    """World-Z search range per camera from the frame's sparse cloud ``points`` (N, 3).
-
-    A camera uses the points it sees (projected inside its image); if it sees fewer than
-    ``min_points`` it uses the frame-wide range, and if the whole cloud is that small, the fallback
-    water depths. Returns camera → ``{"z_min", "z_max", "source", "n_points"}`` (metres).
-    """
-    pts = points[np.all(np.isfinite(points), axis=1)]
-    water_z = next(iter(cameras.values())).water_z
-
-    def span(z: np.ndarray) -> tuple[float, float]:
-        lo, hi = np.percentile(z, [config.low_percentile, config.high_percentile])
-        return max(float(lo) - config.margin_m, water_z + 1e-3), float(hi) + config.margin_m
-
-    if len(pts) >= config.min_points:
-        frame_range, frame_source = span(pts[:, 2]), "frame"
-    else:
-        d0, d1 = config.fallback_depth_m
-        frame_range, frame_source = (water_z + d0, water_z + d1), "fallback"
-    ranges = {}
-    tensor = torch.from_numpy(pts)
-    for name, cam in cameras.items():
-        if len(pts):
-            uv, ok = cam.project(tensor)
-            seen = (ok & cam.in_image(uv)).numpy()
-        else:
-            seen = np.zeros(0, dtype=bool)
-        if seen.sum() >= config.min_points:
-            (lo, hi), source = span(pts[seen, 2]), "camera"
-        else:
-            (lo, hi), source = frame_range, frame_source
-        ranges[name] = {"z_min": lo, "z_max": hi, "source": source, "n_points": int(seen.sum())}
-    return ranges

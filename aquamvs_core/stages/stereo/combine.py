@@ -29,11 +29,14 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import CameraCalibration, Interface
-from aquamvs_core.stages.depth_map import CameraDepth
 from aquamvs_core.camera.distortion import build_undistortion_map, undistort_image
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.camera.sampling import ArrayLike
 from aquamvs_core.runtime import torch_threads
-from aquamvs_core.stages.stereo.plane_sweep import ImageLike, PairDepth, PlaneSweepConfig, prepare_image, sweep_pair
+from aquamvs_core.stages.depth_map import CameraDepth
+from aquamvs_core.stages.stereo.config import PlaneSweepConfig
+from aquamvs_core.stages.stereo.plane_sweep import PairDepth, sweep_pair
+from aquamvs_core.stages.stereo.pyramid import prepare_image
 
 
 @torch.no_grad()
@@ -133,9 +136,9 @@ class StereoView:
     """
 
     name: str
-    image: ImageLike
+    image: ArrayLike
     camera: RefractiveCamera
-    mask: ImageLike | None = None
+    mask: ArrayLike | None = None
 
     @classmethod
     def from_distorted(

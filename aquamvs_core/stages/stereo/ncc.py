@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ImageLike = np.ndarray | torch.Tensor
+from aquamvs_core.camera.sampling import ArrayLike
 
 
 def to_grey(
-    image: ImageLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    image: ArrayLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """(H, W) grey image in [0, 1] from (H, W) or (H, W, C) uint8 / float (float: already in [0, 1]).
 

@@ -29,7 +29,16 @@ from aquamvs_assets.jobs import INGEST_JOB
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
 from aquamvs_assets.runner import register_frames, run_stage
 from aquamvs_core import steps as steps
+from aquamvs_core.camera.distortion import distort_pixels, undistorted_intrinsics
+from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.config import build_config
+from aquamvs_core.evaluation.quality import quality_report
+from aquamvs_core.stages.dense.correspondence_depth import (
+    WarpDepthConfig,
+    combine_warp_depths,
+    grid_pixels,
+    warp_to_pair_depth,
+)
 from aquamvs_core.stages.dense.roma import (
     CheckpointError,
     MissingWeightsError,
@@ -41,20 +50,12 @@ from aquamvs_core.stages.dense.roma import (
     random_checkpoints,
     verify_checkpoints,
 )
-from aquamvs_core.stages.dense.correspondence_depth import (
-    WarpDepthConfig,
-    combine_warp_depths,
-    grid_pixels,
-    warp_to_pair_depth,
-)
-from aquamvs_core.camera.distortion import distort_pixels, undistorted_intrinsics
-from aquamvs_core.evaluation.metrics import gt_depth_map
 from aquamvs_core.stages.pairs import select_pairs
-from aquamvs_core.camera.refraction import RefractiveCamera
-from aquamvs_core.store.survey_store import SurveyStore
-from aquamvs_core.survey.spec import load_survey_spec
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Product, load_survey_spec, product_path
 from aquamvs_core.synthetic import load_ground_truth, trace_pixels
 from aquamvs_core.synthetic.exact_matches import GroundTruthMatcher, ground_truth_warp
+from aquamvs_core.synthetic.ground_truth_views import gt_depth_map
 
 COARSE = 112  # a few seconds per match on the CPU
 GRID = (COARSE, COARSE)
@@ -161,7 +162,7 @@ def test_contract_with_random_weights_no_accuracy_claim(roma_session, synthetic_
     accuracy claim), run with the network blocked, on RGB frames of the survey."""
     block_network(monkeypatch)
     spec = load_survey_spec(synthetic_small_survey)
-    from aquamvs_core.survey.spec import Survey
+    from aquamvs_core.survey import Survey
 
     with Survey.open(spec) as survey:
         names = survey.rig.camera_names[:2]
@@ -315,7 +316,7 @@ def test_one_run_over_many_partitions_loads_once_and_disposes(
     gc.collect()
     assert refs[0]() is None  # no reference to the model survives the materialization
     store = SurveyStore(load_survey_spec(synthetic_survey_file).store)
-    written = {(f, p) for f in frames for p in store.list_products(f"roma_depth/{f}")}
+    written = {(f, p) for f in frames for p in store.list_products(product_path(Product.PAIRWISE_DEPTHS, f))}
     assert written == {(f, p) for f in frames for p in pair_keys}
     messages = [e.message for e in instance.all_logs(results[0].run_id) if e.message]
     assert any("RoMa loaded on cpu" in m for m in messages)
@@ -343,7 +344,7 @@ def test_missing_weights_fail_clearly_without_network_or_writes(synthetic_survey
     with pytest.raises(RuntimeError, match="RoMa weights not found"):
         run_stage(defs.resolve_job_def("reconstruct_pairwise_depths"), instance, frames, ["cam0-cam1"])
     store = SurveyStore(load_survey_spec(synthetic_survey_file).store)
-    assert store.list_products("roma_depth") == []
+    assert store.list_products(Product.PAIRWISE_DEPTHS.value) == []
 
 
 def test_cli_reconstruct_with_missing_weights_exits_2_before_any_work(
@@ -421,7 +422,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_pairs(synthetic_survey_fil
 
     def streaming(n: int):
         return lambda: [
-            steps.roma_pair_depth_step(store, "f000000", p, config, matcher, cams=store_cams)
+            steps.roma_pairwise_depths_step(store, "f000000", p, config, matcher, cams=store_cams)
             for p in pairs[:n]
         ]
 
@@ -440,7 +441,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_pairs(synthetic_survey_fil
     a2, a8 = _peak_python_heap(accumulating(2)), _peak_python_heap(accumulating(8))
     assert a8 - a2 > 5 * warp_bytes  # the measure sees six more warps held at once
     assert s8 - s2 < 0.5 * warp_bytes, (s2, s8, warp_bytes)
-    assert len(store.list_products("roma_depth/f000000")) == 8
+    assert len(store.list_products(product_path(Product.PAIRWISE_DEPTHS, "f000000"))) == 8
     stored = steps.read_roma_pair_depth(store, "f000000", pairs[0])
     assert tuple(stored.depth.shape) == grid and float(torch.isfinite(stored.depth).float().mean()) > 0.3
 
@@ -459,13 +460,13 @@ def test_exact_warps_feed_the_same_fusion_and_mesh(synthetic_survey_file, roma_s
     config = build_config("balanced", "roma")
     chosen = steps.dense_pairs(store, pairs, config)
     for pair in chosen:
-        steps.roma_pair_depth_step(store, "f000000", pair, config, matcher, cams=store_cams)
-    summary = steps.camera_depth_step(store, "f000000", chosen, config)
+        steps.roma_pairwise_depths_step(store, "f000000", pair, config, matcher, cams=store_cams)
+    summary = steps.camera_depths_step(store, "f000000", chosen, config)
     assert set(summary) == {p.ref for p in chosen}
     assert min(s["valid_fraction"] for s in summary.values()) > 0.5
-    steps.fusion_step(store, "f000000", config)
+    steps.fused_cloud_step(store, "f000000", config)
     steps.mesh_step(store, "f000000", config)
-    report = steps.quality_report(store, "f000000", spec.ground_truth, config)
+    report = quality_report(store, "f000000", spec.ground_truth, config)
     assert report["cloud_median_abs_error_mm"] < 0.5, report
     assert report["cloud_outlier_fraction"] <= 0.005, report
     assert report["cloud_completeness"] > 0.8, report

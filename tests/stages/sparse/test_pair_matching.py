@@ -8,16 +8,11 @@ import importlib.util
 import numpy as np
 import pytest
 
-from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.stages.sparse import SparseMatchConfig, TriangulationConfig
-from aquamvs_core.stages.sparse.pair_matching import (
-    DepthRangeConfig,
-    SparsePair,
-    camera_depth_ranges,
-    match_and_triangulate,
-    relative_roll_deg,
-)
+from aquamvs_core.stages.sparse.depth_ranges import DepthRangeConfig, camera_depth_ranges
+from aquamvs_core.stages.sparse.pair_matching import SparsePair, match_and_triangulate, relative_roll_deg
 from aquamvs_core.synthetic import GroundTruth, SyntheticSurveyConfig, make_rig, make_terrain, render_view
 
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aquamvs_core.stages.depth_map import DepthMap, pixel_grid
 from aquamvs_core.camera.distortion import distort_pixels, undistorted_intrinsics
 from aquamvs_core.camera.refraction import RefractiveCamera, point_at_ray_depth, world_z_to_ray_depth
+from aquamvs_core.camera.sampling import pixel_grid
+from aquamvs_core.stages.depth_map import DepthMap, z_range_from_samples
 from aquamvs_core.stages.stereo import (
     PRESETS,
     CameraDepth,
@@ -27,12 +28,12 @@ from aquamvs_core.stages.stereo import (
     build_warp_field,
     combine_pair_depths,
     depth_for_camera,
+    parabola_peak,
+    prepare_image,
     resolve_z_range,
     sweep_pair,
-    z_range_from_points,
 )
 from aquamvs_core.stages.stereo.ncc import RefWindows, ref_windows, slice_ncc, window_sum
-from aquamvs_core.stages.stereo.plane_sweep import parabola_peak, prepare_image
 from aquamvs_core.synthetic import (
     SyntheticSurveyConfig,
     Terrain,
@@ -156,8 +157,8 @@ def test_config_validation_and_presets():
     assert resolve_z_range(cfg, 0.7) == (1.1, 1.3)
     assert resolve_z_range(cfg, 0.7, (1.0, 1.4)) == (1.0, 1.4)
     assert resolve_z_range(PlaneSweepConfig(), 0.7) == pytest.approx((0.75, 2.7))
-    pts = torch.tensor([[0.0, 0.0, z] for z in np.linspace(1.18, 1.22, 101)])
-    lo, hi = z_range_from_points(pts, 0.7, margin=0.02, quantiles=(0.0, 1.0))
+    z = np.linspace(1.18, 1.22, 101)
+    lo, hi = z_range_from_samples(z, 0.7, percentiles=(0.0, 100.0), margin_m=0.02)
     assert lo == pytest.approx(1.16) and hi == pytest.approx(1.24)
 
 

@@ -36,13 +36,7 @@ are those of :mod:`aquamvs_core.camera.calibration` (world Z down, metres).
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import open3d as o3d
@@ -50,12 +44,11 @@ import open3d.core as o3c
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.camera.sampling import SampleMode, image_tensor, sample_flat_bilinear, sample_map
 from aquamvs_core.runtime import torch_threads
-
-SampleMode = Literal["bilinear", "nearest"]
-
+from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.fusion.cloud import FusedCloud
 
 # --------------------------------------------------------------------------------------------
 # Configuration and result
@@ -115,247 +108,6 @@ class FusionConfig(BaseModel):
     chunk_size: int = Field(1 << 16, ge=1024)
     pixel_stride: int = Field(1, ge=1, le=8)
     threads: int | None = Field(1, ge=1)
-
-
-@dataclass
-class FusedCloud:
-    """A fused, cleaned point cloud in world coordinates (metres, Z down).
-
-    Attributes:
-        points: (N, 3) float64 world points, metres.
-        colors: (N, 3) uint8 RGB.
-        normals: (N, 3) float32 unit normals, oriented towards the cameras.
-        support: (N,) int32 number of cameras whose depth maps agree on the point (source included;
-            for a point merged from several in a voxel, their mean, rounded).
-        stats: point counts after each stage (informative).
-    """
-
-    points: np.ndarray
-    colors: np.ndarray
-    normals: np.ndarray
-    support: np.ndarray
-    stats: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n = self.points.shape[0]
-        shapes = {
-            "points": (self.points.shape, (n, 3)),
-            "colors": (self.colors.shape, (n, 3)),
-            "normals": (self.normals.shape, (n, 3)),
-            "support": (self.support.shape, (n,)),
-        }
-        for name, (got, want) in shapes.items():
-            if got != want:
-                raise ValueError(f"FusedCloud.{name} has shape {got}, expected {want}")
-
-    def __len__(self) -> int:
-        return int(self.points.shape[0])
-
-    @classmethod
-    def empty(cls) -> FusedCloud:
-        return cls(
-            points=np.zeros((0, 3)),
-            colors=np.zeros((0, 3), dtype=np.uint8),
-            normals=np.zeros((0, 3), dtype=np.float32),
-            support=np.zeros(0, dtype=np.int32),
-        )
-
-    def as_arrays(self) -> dict[str, np.ndarray]:
-        """The four arrays by field name (e.g. for a store product group)."""
-        return {
-            "points": self.points,
-            "colors": self.colors,
-            "normals": self.normals,
-            "support": self.support,
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FusedCloud:
-        """Inverse of :meth:`as_arrays` (dtypes are normalised)."""
-        return cls(
-            points=np.asarray(arrays["points"], dtype=np.float64),
-            colors=np.asarray(arrays["colors"], dtype=np.uint8),
-            normals=np.asarray(arrays["normals"], dtype=np.float32),
-            support=np.asarray(arrays["support"], dtype=np.int32),
-        )
-
-    def to_open3d(self) -> o3d.geometry.PointCloud:
-        """Legacy Open3D point cloud (points, colours in [0, 1], normals)."""
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(self.points, dtype=np.float64)))
-        pcd.colors = o3d.utility.Vector3dVector(self.colors.astype(np.float64) / 255.0)
-        pcd.normals = o3d.utility.Vector3dVector(self.normals.astype(np.float64))
-        return pcd
-
-    def to_tensor_cloud(self) -> o3d.t.geometry.PointCloud:
-        """Open3D tensor point cloud with ``positions`` (float64), ``colors``, ``normals``, ``support``."""
-        pcd = o3d.t.geometry.PointCloud(o3c.Tensor(np.ascontiguousarray(self.points, dtype=np.float64)))
-        pcd.point.colors = o3c.Tensor(np.ascontiguousarray(self.colors, dtype=np.uint8))
-        pcd.point.normals = o3c.Tensor(np.ascontiguousarray(self.normals, dtype=np.float32))
-        pcd.point["support"] = o3c.Tensor(np.ascontiguousarray(self.support, dtype=np.int32).reshape(-1, 1))
-        return pcd
-
-    def write_ply(self, path: str | Path) -> Path:
-        """Write a binary PLY (x y z as double, normals, RGB, an int ``support`` property), atomically:
-        a temporary file in the same folder, renamed onto ``path``. Returns ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, ".ply") as tmp:
-            if not o3d.t.io.write_point_cloud(str(tmp), self.to_tensor_cloud()):
-                raise OSError(f"{path}: Open3D could not write the point cloud")
-        return path
-
-    @classmethod
-    def read_ply(cls, path: str | Path) -> FusedCloud:
-        """Read a PLY written by :meth:`write_ply` (missing attributes get neutral values)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such point cloud")
-        pcd = o3d.t.io.read_point_cloud(str(path))
-        if "positions" not in pcd.point:
-            return cls.empty()
-        pts = pcd.point.positions.numpy().astype(np.float64)
-        n = pts.shape[0]
-
-        def attr(name: str, default: np.ndarray) -> np.ndarray:
-            return pcd.point[name].numpy() if name in pcd.point else default
-
-        colors = attr("colors", np.full((n, 3), 128, dtype=np.uint8))
-        if colors.dtype != np.uint8:  # float colours in [0, 1]
-            colors = np.clip(np.round(colors * 255.0), 0, 255).astype(np.uint8)
-        normals = attr("normals", np.zeros((n, 3), dtype=np.float32)).astype(np.float32)
-        support = attr("support", np.ones((n, 1), dtype=np.int32)).reshape(-1).astype(np.int32)
-        return cls(points=pts, colors=colors, normals=normals, support=support)
-
-
-@contextmanager
-def atomic_path(path: Path, suffix: str) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``, ending in ``suffix`` (writers that choose the format
-    by extension see the right one). On success it is renamed onto ``path``; in any case no
-    temporary file is left behind."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling
-# --------------------------------------------------------------------------------------------
-
-
-def _taps(
-    flat: torch.Tensor, h: int, w: int, uv: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The four bilinear neighbours of finite pixels ``uv`` (N, 2) in a flattened (H·W, C) map.
-
-    Returns the tap values (4, N, C) in ``uv``'s dtype (order 00, 10, 01, 11: x first), whether each
-    tap is inside the map (4, N), the fractional offsets ``fx``, ``fy`` (N, 1) and the index (N,)
-    of the tap that is the nearest pixel (``torch.round``, which is always one of the four)."""
-    u, v = uv[:, 0], uv[:, 1]
-    # Clamp far-away pixels before the integer conversion (they stay outside).
-    x0, y0 = torch.floor(u).clamp(-2, w + 1), torch.floor(v).clamp(-2, h + 1)
-    fx, fy = (u - x0).unsqueeze(1), (v - y0).unsqueeze(1)
-    xi, yi = x0.long(), y0.long()
-    in_x0, in_x1 = (xi >= 0) & (xi <= w - 1), (xi >= -1) & (xi <= w - 2)
-    in_y0, in_y1 = (yi >= 0) & (yi <= h - 1), (yi >= -1) & (yi <= h - 2)
-    cx0, cx1 = xi.clamp(0, w - 1), (xi + 1).clamp(0, w - 1)
-    row0, row1 = yi.clamp(0, h - 1) * w, (yi + 1).clamp(0, h - 1) * w
-    idx = torch.cat([row0 + cx0, row0 + cx1, row1 + cx0, row1 + cx1])
-    vals = flat.index_select(0, idx).to(uv.dtype).view(4, -1, flat.shape[1])
-    inside = torch.stack([in_x0 & in_y0, in_x1 & in_y0, in_x0 & in_y1, in_x1 & in_y1])
-    nearest = (torch.round(u) > x0).long() + 2 * (torch.round(v) > y0).long()
-    return vals, inside, fx, fy, nearest
-
-
-def _pick(taps: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-    """``taps[which[i], i]`` for taps (4, N, ...) and which (N,)."""
-    return taps.gather(0, which.view(1, -1, *([1] * (taps.ndim - 2))).expand(1, *taps.shape[1:]))[0]
-
-
-def _bilinear(vals: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
-    v00, v10, v01, v11 = vals
-    return (v00 * (1 - fx) + v10 * fx) * (1 - fy) + (v01 * (1 - fx) + v11 * fx) * fy
-
-
-def sample_map(
-    values: torch.Tensor,
-    uv: torch.Tensor,
-    mode: SampleMode = "bilinear",
-    max_twist: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample a (H, W, C) map at pixels ``uv`` (N, 2) in (u, v) order (integers at pixel centres).
-
-    A map pixel is *valid* when its channel 0 is finite (e.g. a depth). ``"bilinear"`` interpolates
-    where all four neighbours are inside the map and valid, and otherwise falls back to the nearest
-    pixel; ``"nearest"`` takes the nearest pixel only.
-
-    ``max_twist`` (scalar or (N,)) also makes bilinear fall back to the nearest pixel where the four
-    neighbours of channel 0 are not close to a plane: ``|v00 - v10 - v01 + v11| > max_twist`` (the
-    twist is second order on a smooth surface, but a wrong neighbour or a depth edge shows in it in
-    full), so that one bad depth is not blended into its neighbours' interpolated values.
-
-    Returns:
-        samples: (N, C) in ``uv``'s dtype; NaN where not valid.
-        valid: (N,) bool.
-    """
-    h, w, c = values.shape
-    flat = values.reshape(-1, c)
-    finite_uv = torch.isfinite(uv).all(dim=-1)
-    uv = torch.where(finite_uv.unsqueeze(-1), uv, torch.full_like(uv, -10.0))
-    if mode == "nearest":
-        u, v = torch.round(uv[:, 0]), torch.round(uv[:, 1])
-        inside = finite_uv & (u >= 0) & (u <= w - 1) & (v >= 0) & (v <= h - 1)
-        idx = v.clamp(0, h - 1).long() * w + u.clamp(0, w - 1).long()
-        out = flat.index_select(0, idx).to(uv.dtype)
-        ok = inside & torch.isfinite(out[:, 0])
-    else:
-        out, ok, _ = _sample_bilinear(flat, h, w, uv, max_twist)
-    return torch.where(ok.unsqueeze(1), out, torch.full_like(out, math.nan)), ok
-
-
-def _sample_bilinear(
-    flat: torch.Tensor,
-    h: int,
-    w: int,
-    uv: torch.Tensor,
-    max_twist: float | torch.Tensor | None,
-    plain: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Bilinear sampling of :func:`sample_map` (without the final NaN fill) on a flattened map.
-
-    Channels from ``plain`` on (if given) are read with plain bilinear interpolation wherever the four
-    neighbours are inside the map (the validity of channel 0 and the twist do not apply to them),
-    else at the nearest pixel, as :func:`sample_map` would read them from a separate map whose
-    channel 0 is always finite; their validity is returned third (None without ``plain``). One
-    gather serves both."""
-    vals, inside, fx, fy, nearest = _taps(flat, h, w, uv)
-    valid = inside & torch.isfinite(vals[..., 0])
-    near = _pick(vals, nearest)
-    near_ok = _pick(valid, nearest)
-    all_ok = valid.all(dim=0)
-    if max_twist is not None:
-        twist = (vals[0, :, 0] - vals[1, :, 0] - vals[2, :, 0] + vals[3, :, 0]).abs()
-        all_ok = all_ok & (twist <= max_twist)
-    bil = _bilinear(vals, fx, fy)
-    out = torch.where(all_ok.unsqueeze(1), bil, near)
-    plain_ok = None
-    if plain is not None:
-        all_in = inside.all(dim=0)
-        out[:, plain:] = torch.where(all_in.unsqueeze(1), bil[:, plain:], near[:, plain:])
-        plain_ok = all_in | _pick(inside, nearest)
-    return out, all_ok | near_ok, plain_ok
-
-
-def image_tensor(image: np.ndarray, size: tuple[int, int], what: str) -> torch.Tensor:
-    """(H, W, 3) float32 tensor of an (H, W, 3) uint8 RGB image, checked against ``size`` = (H, W)."""
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"{what}: expected an (H, W, 3) uint8 RGB image, got {arr.shape} {arr.dtype}")
-    if arr.shape[:2] != size:
-        raise ValueError(f"{what}: image is {arr.shape[:2]} (H, W) but its depth map is {size}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,7 +219,7 @@ def _consistent_chunk(
             sample, ok_s = sample_map(wit.depth_conf, uv, "nearest")
             col_ok = None
         else:
-            sample, ok_s, col_ok = _sample_bilinear(wit.flat, h, w, uv, toli, plain)
+            sample, ok_s, col_ok = sample_flat_bilinear(wit.flat, h, w, uv, toli, plain)
         o_j, d_j, ok_r = wit.camera.cast_ray(uv)
         x_j = o_j + torch.nan_to_num(torch.where(ok_s.unsqueeze(1), sample[:, :1], 0.0)) * d_j
         seen = ok_s & ok_r

@@ -1,0 +1,47 @@
+"""Atomic file writes: the one helper every writer of a local file uses (calibration JSON, survey
+YAML, videos, tables, point clouds, meshes). A reader never sees a half-written file: the content
+goes to a hidden temporary file in the same folder, which is renamed onto the target only when the
+writer has finished; on any error the temporary file is removed and the target is left as it was.
+
+(Object stores have no rename; there one ``put`` is atomic, see :mod:`aquamvs_core.store`.)
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write_text"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
+
+    Args:
+        path: the file to write; its folder is created.
+        suffix: the temporary file's extension (default: ``path``'s), for writers that choose the
+            format by extension.
+
+    Yields:
+        The temporary path to write to. No temporary file is left behind in any case.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`); returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

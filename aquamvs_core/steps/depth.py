@@ -1,0 +1,205 @@
+"""Dense depth steps: each pair's depth of its reference camera (``pairwise_depths``: the
+refractive plane sweep, or RoMa's dense warp on the ``roma`` pathway), then each camera's pairs
+combined (``camera_depths``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from aquamvs_core.config import ReconstructionConfig
+from aquamvs_core.runtime import torch_threads
+from aquamvs_core.stages.dense.correspondence_depth import (
+    DenseMatcher,
+    WarpPairDepth,
+    combine_warp_depths,
+    warp_to_pair_depth,
+)
+from aquamvs_core.stages.dense.roma import RomaSettings
+from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.pairs import CameraPair
+from aquamvs_core.stages.stereo.combine import combine_pair_depths
+from aquamvs_core.stages.stereo.plane_sweep import PairDepth, sweep_pair
+from aquamvs_core.steps.common import StoreCameras, provenance
+from aquamvs_core.steps.sparse import depth_range
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Product, product_path
+
+PAIR_DEPTH_ARRAYS = ("depth", "confidence", "ncc", "world_z", "px_per_mm")
+
+
+def pairwise_depths_step(
+    store: SurveyStore,
+    frame: str,
+    pair: CameraPair,
+    config: ReconstructionConfig,
+    cams: StoreCameras | None = None,
+) -> dict[str, Any]:
+    """Refractive plane sweep of ``pair.ref`` against ``pair.src``; writes
+    ``pairwise_depths/<frame>/<pair>`` (:data:`PAIR_DEPTH_ARRAYS`)."""
+    cams = cams or StoreCameras.load(store)
+    images = store.read_frame(frame, [pair.ref, pair.src])
+    z_range = depth_range(store, frame, pair.ref)
+    with torch.no_grad(), torch_threads(config.torch_threads):
+        result = sweep_pair(
+            images[pair.ref],
+            images[pair.src],
+            cams.cameras[pair.ref],
+            cams.cameras[pair.src],
+            cams.masks[pair.ref],
+            cams.masks[pair.src],
+            config.plane_sweep,
+            z_range=z_range,
+            names=(pair.ref, pair.src),
+        )
+    arrays = {k: getattr(result, k).cpu().numpy().astype(np.float32) for k in PAIR_DEPTH_ARRAYS}
+    valid = float(np.isfinite(arrays["depth"]).mean())
+    summary = {
+        "valid_fraction": round(valid, 4),
+        "z_range": list(z_range) if z_range else None,
+        "seconds": round(result.timings["total"], 3),
+    }
+    store.write_product(
+        product_path(Product.PAIRWISE_DEPTHS, frame, pair.key),
+        arrays,
+        provenance(cams, frame, config, ref=pair.ref, src=pair.src, timings=result.timings, **summary),
+    )
+    return summary
+
+
+def roma_pairwise_depths_step(
+    store: SurveyStore,
+    frame: str,
+    pair: CameraPair,
+    config: ReconstructionConfig,
+    matcher: DenseMatcher,
+    roma: RomaSettings | None = None,
+    cams: StoreCameras | None = None,
+) -> dict[str, Any]:
+    """Dense-warp depth of ``pair.ref`` against ``pair.src``; writes ``pairwise_depths/<frame>/<pair>``
+    (:class:`WarpPairDepth` arrays, on the warp grid).
+    ``roma`` gives the certainty threshold, sample budget and seed (default: :class:`RomaSettings`).
+
+    The warp is converted at once (no_grad) and dropped before this returns: a loop over pairs holds
+    one warp at a time. Images go to the matcher as RGB, as the store holds them.
+    """
+    cams = cams or StoreCameras.load(store)
+    roma = roma or RomaSettings()
+    images = store.read_frame(frame, [pair.ref, pair.src])
+    t0 = time.perf_counter()
+    with torch.no_grad(), torch_threads(config.torch_threads):
+        match = matcher.match(images[pair.ref], images[pair.src], names=(pair.ref, pair.src))
+        t_match = time.perf_counter() - t0
+        result = warp_to_pair_depth(
+            match,
+            matcher,
+            cams.cameras[pair.ref],
+            cams.cameras[pair.src],
+            images[pair.ref].shape[1::-1],
+            images[pair.src].shape[1::-1],
+            config.roma,
+            certainty_threshold=roma.certainty_threshold,
+            sample_budget=roma.sample_budget,
+            z_range=depth_range(store, frame, pair.ref),
+            seed=roma.seed,
+        )
+        grid, warp_cells = match.grid_shape, int(match.certainty.numel())
+        del match
+    valid = float(torch.isfinite(result.depth).float().mean())
+    summary = {
+        "valid_fraction": round(valid, 4),
+        "grid": list(grid),
+        "warp_cells": warp_cells,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "match_seconds": round(t_match, 3),
+    }
+    store.write_product(
+        product_path(Product.PAIRWISE_DEPTHS, frame, pair.key),
+        result.as_arrays(),
+        provenance(
+            cams, frame, config, ref=pair.ref, src=pair.src, image_size=list(result.image_size), **summary
+        ),
+    )
+    return summary
+
+
+def _read_pairwise(store: SurveyStore, frame: str, pair: CameraPair, pathway: str) -> dict:
+    """Arrays of the stored ``pairwise_depths/<frame>/<pair>`` product, which must come from ``pathway``
+    (a plane sweep's and a RoMa warp's depths are different products of the same asset)."""
+    key = product_path(Product.PAIRWISE_DEPTHS, frame, pair.key)
+    written_by = store.product_attrs(key).get("pathway")
+    if (written_by == "roma") != (pathway == "roma"):
+        raise ValueError(
+            f"{store.root}: {key} was written by the {written_by!r} pathway, not {pathway!r}: "
+            "materialize pairwise_depths again with this pathway"
+        )
+    return store.read_product(key)
+
+
+def read_roma_pair_depth(store: SurveyStore, frame: str, pair: CameraPair) -> WarpPairDepth:
+    """The stored ``pairwise_depths/<frame>/<pair>`` product of the ``roma`` pathway."""
+    arrays = _read_pairwise(store, frame, pair, "roma")
+    size = store.product_attrs(product_path(Product.PAIRWISE_DEPTHS, frame, pair.key))["image_size"]
+    return WarpPairDepth(
+        *(torch.from_numpy(arrays[k]) for k in ("depth", "certainty", "world_z")), image_size=tuple(size)
+    )
+
+
+def read_pair_depth(store: SurveyStore, frame: str, pair: CameraPair) -> PairDepth:
+    """The stored ``pairwise_depths/<frame>/<pair>`` product of a plane-sweep pathway."""
+    arrays = _read_pairwise(store, frame, pair, "sift")
+    return PairDepth(pair.ref, pair.src, *(torch.from_numpy(arrays[k]) for k in PAIR_DEPTH_ARRAYS))
+
+
+def camera_depths_step(
+    store: SurveyStore, frame: str, pairs: Sequence[CameraPair], config: ReconstructionConfig
+) -> dict[str, dict[str, Any]]:
+    """Combine each reference camera's pair depths (plane-sweep ones, or the RoMa pathway's warp
+    depths when ``config.pathway == "roma"``); writes ``camera_depths/<frame>/<camera>``."""
+    missing = [
+        p.key for p in pairs if not store.has_product(product_path(Product.PAIRWISE_DEPTHS, frame, p.key))
+    ]
+    if missing:
+        raise FileNotFoundError(f"{store.root}: frame {frame} has no pairwise_depths products for {missing}")
+    cams = StoreCameras.load(store)
+    by_ref: dict[str, list[CameraPair]] = {}
+    for p in pairs:
+        by_ref.setdefault(p.ref, []).append(p)
+    summary = {}
+    for ref, ref_pairs in by_ref.items():
+        if config.pathway == "roma":
+            combined = combine_warp_depths(
+                [read_roma_pair_depth(store, frame, p) for p in ref_pairs],
+                cams.cameras[ref],
+                torch.from_numpy(cams.masks[ref]),
+                config.roma,
+            )
+        else:
+            combined = combine_pair_depths(
+                [read_pair_depth(store, frame, p) for p in ref_pairs], config.plane_sweep, ref
+            )
+        arrays = {
+            "depth": combined.depth.cpu().numpy().astype(np.float32),
+            "confidence": combined.confidence.cpu().numpy().astype(np.float32),
+            "support": combined.support.cpu().numpy().astype(np.int32),
+        }
+        summary[ref] = {"valid_fraction": round(float(np.isfinite(arrays["depth"]).mean()), 4)}
+        store.write_product(
+            product_path(Product.CAMERA_DEPTHS, frame, ref),
+            arrays,
+            provenance(cams, frame, config, camera=ref, pairs=[p.key for p in ref_pairs], **summary[ref]),
+        )
+    return summary
+
+
+def camera_depth_maps(store: SurveyStore, frame: str) -> dict[str, DepthMap]:
+    """The combined depth maps of ``frame`` (cameras that have one)."""
+    out = {}
+    for cam in store.list_products(product_path(Product.CAMERA_DEPTHS, frame)):
+        a = store.read_product(product_path(Product.CAMERA_DEPTHS, frame, cam), ["depth", "confidence"])
+        out[cam] = DepthMap(cam, torch.from_numpy(a["depth"]), torch.from_numpy(a["confidence"]))
+    return out

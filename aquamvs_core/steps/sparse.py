@@ -1,0 +1,93 @@
+"""Sparse steps: match and triangulate each pair of a frame (``sparse_matches``), then pool the
+frame's points and derive each camera's depth search range (``sparse_cloud``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from aquamvs_core.config import ReconstructionConfig
+from aquamvs_core.runtime import torch_threads
+from aquamvs_core.stages.pairs import CameraPair
+from aquamvs_core.stages.sparse.depth_ranges import camera_depth_ranges
+from aquamvs_core.stages.sparse.pair_matching import SparsePair, match_and_triangulate
+from aquamvs_core.steps.common import StoreCameras, provenance
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Product, product_path
+
+
+def sparse_matches_step(
+    store: SurveyStore,
+    frame: str,
+    pair: CameraPair,
+    config: ReconstructionConfig,
+    cams: StoreCameras | None = None,
+    model_cache: dict | None = None,
+    feature_cache: dict | None = None,
+) -> dict[str, Any]:
+    """Match and triangulate one pair of a frame; writes ``sparse_matches/<frame>/<pair>``. Pass the same
+    ``feature_cache`` dict for the pairs of a frame to detect each image's features once."""
+    cams = cams or StoreCameras.load(store)
+    t0 = time.perf_counter()
+    images = store.read_frame(frame, [pair.ref, pair.src])
+    with torch_threads(config.torch_threads):
+        result = match_and_triangulate(
+            images[pair.ref],
+            images[pair.src],
+            cams.cameras[pair.ref],
+            cams.cameras[pair.src],
+            config.matching,
+            config.triangulation,
+            model_cache=model_cache,
+            feature_cache=feature_cache,
+            keys=((frame, pair.ref), (frame, pair.src)),
+        )
+    kept = int(result.keep.sum())
+    summary = {
+        "matches": len(result.keep),
+        "kept": kept,
+        "median_reprojection_px": float(np.median(result.reprojection_px[result.keep])) if kept else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    store.write_product(
+        product_path(Product.SPARSE_MATCHES, frame, pair.key),
+        result.as_arrays(),
+        provenance(cams, frame, config, ref=pair.ref, src=pair.src, **summary),
+    )
+    return summary
+
+
+def sparse_cloud_step(
+    store: SurveyStore, frame: str, pairs: Sequence[CameraPair], config: ReconstructionConfig
+) -> dict[str, Any]:
+    """Pool the kept points of every pair of ``frame`` and derive each camera's depth range;
+    writes ``sparse_cloud/<frame>``. Missing pair products are an error (materialize them first)."""
+    missing = [
+        p.key for p in pairs if not store.has_product(product_path(Product.SPARSE_MATCHES, frame, p.key))
+    ]
+    if missing:
+        raise FileNotFoundError(f"{store.root}: frame {frame} has no sparse matches for pairs {missing}")
+    cams = StoreCameras.load(store)
+    chunks = []
+    for p in pairs:
+        sp = SparsePair.from_arrays(store.read_product(product_path(Product.SPARSE_MATCHES, frame, p.key)))
+        chunks.append(sp.points[sp.keep])
+    points = np.concatenate(chunks) if chunks else np.zeros((0, 3))
+    ranges = camera_depth_ranges(points, cams.cameras, config.depth_range)
+    store.write_product(
+        product_path(Product.SPARSE_CLOUD, frame),
+        {"points": points},
+        provenance(cams, frame, config, depth_ranges=ranges, n_points=len(points)),
+    )
+    return {"points": len(points), "depth_ranges": ranges}
+
+
+def depth_range(store: SurveyStore, frame: str, camera: str) -> tuple[float, float] | None:
+    """The camera's world-Z sweep range from ``sparse_cloud/<frame>``, or None without a sparse cloud."""
+    if not store.has_product(product_path(Product.SPARSE_CLOUD, frame)):
+        return None
+    r = store.product_attrs(product_path(Product.SPARSE_CLOUD, frame))["depth_ranges"][camera]
+    return float(r["z_min"]), float(r["z_max"])

@@ -1,0 +1,95 @@
+"""Surface steps: the fused cloud (``fused_cloud``) and the mesh (``mesh``) of a frame, their
+readers, and the export of both to files."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+
+from aquamvs_core.config import ReconstructionConfig
+from aquamvs_core.stages.fusion import FusedCloud, fuse_depth_maps
+from aquamvs_core.stages.mesh import build_mesh, export_mesh
+from aquamvs_core.steps.common import StoreCameras, provenance
+from aquamvs_core.steps.depth import camera_depth_maps
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Product, frame_index, product_path
+
+
+def fused_cloud_step(store: SurveyStore, frame: str, config: ReconstructionConfig) -> FusedCloud:
+    """Fuse the frame's camera depth maps; writes ``fused_cloud/<frame>``."""
+    depth_maps = camera_depth_maps(store, frame)
+    if not depth_maps:
+        raise FileNotFoundError(f"{store.root}: frame {frame} has no camera depth maps")
+    cams = StoreCameras.load(store)
+    images = store.read_frame(frame, list(depth_maps))
+    t0 = time.perf_counter()
+    cloud = fuse_depth_maps(depth_maps, cams.cameras, images, config.fusion)
+    store.write_product(
+        product_path(Product.FUSED_CLOUD, frame),
+        cloud.as_arrays(),
+        provenance(cams, frame, config, stats=cloud.stats, seconds=round(time.perf_counter() - t0, 3)),
+    )
+    return cloud
+
+
+def read_cloud(store: SurveyStore, frame: str) -> FusedCloud:
+    return FusedCloud.from_arrays(store.read_product(product_path(Product.FUSED_CLOUD, frame)))
+
+
+def mesh_to_arrays(mesh: o3d.geometry.TriangleMesh) -> dict[str, np.ndarray]:
+    return {
+        "vertices": np.asarray(mesh.vertices, dtype=np.float64),
+        "triangles": np.asarray(mesh.triangles, dtype=np.int32),
+        "colors": (np.clip(np.asarray(mesh.vertex_colors), 0, 1) * 255).round().astype(np.uint8),
+        "normals": np.asarray(mesh.vertex_normals, dtype=np.float32),
+    }
+
+
+def arrays_to_mesh(arrays: dict[str, np.ndarray]) -> o3d.geometry.TriangleMesh:
+    mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(arrays["vertices"]), o3d.utility.Vector3iVector(arrays["triangles"])
+    )
+    if len(arrays["colors"]):
+        mesh.vertex_colors = o3d.utility.Vector3dVector(arrays["colors"].astype(np.float64) / 255.0)
+    if len(arrays["normals"]):
+        mesh.vertex_normals = o3d.utility.Vector3dVector(arrays["normals"].astype(np.float64))
+    return mesh
+
+
+def mesh_step(store: SurveyStore, frame: str, config: ReconstructionConfig) -> o3d.geometry.TriangleMesh:
+    """Mesh the frame's fused cloud, colour vertices from the best view; writes ``mesh/<frame>``."""
+    cloud = read_cloud(store, frame)
+    cams = StoreCameras.load(store)
+    depth_maps = camera_depth_maps(store, frame)
+    images = store.read_frame(frame, list(depth_maps))
+    t0 = time.perf_counter()
+    mesh = build_mesh(cloud, config.mesh, cams.cameras, images, depth_maps, cams.masks)
+    store.write_product(
+        product_path(Product.MESH, frame),
+        mesh_to_arrays(mesh),
+        provenance(
+            cams, frame, config, method=config.mesh.method, seconds=round(time.perf_counter() - t0, 3)
+        ),
+    )
+    return mesh
+
+
+def read_mesh(store: SurveyStore, frame: str) -> o3d.geometry.TriangleMesh:
+    return arrays_to_mesh(store.read_product(product_path(Product.MESH, frame)))
+
+
+def export_frame(
+    store: SurveyStore, frame: str, out_dir: str | Path, mesh_formats: Sequence[str] = ("ply",)
+) -> list[Path]:
+    """Write ``<out_dir>/<frame_NNNNNN>/fused_cloud.ply`` and ``mesh.<fmt>`` (world frame, metres,
+    Z down) from the store; each file is written atomically."""
+    folder = Path(out_dir) / f"frame_{frame_index(frame):06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [read_cloud(store, frame).write_ply(folder / "fused_cloud.ply")]
+    mesh = read_mesh(store, frame)
+    written += [export_mesh(mesh, folder / f"mesh.{fmt.lstrip('.').lower()}") for fmt in mesh_formats]
+    return written

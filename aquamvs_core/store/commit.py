@@ -1,0 +1,107 @@
+"""The store's one commit protocol, and the JSON check of attrs.
+
+A group (a frame, a product, the calibration) exists for readers only when its attrs say
+``complete: true``. :func:`commit_group` replaces the attrs by an uncommitted placeholder, then
+writes the contents, and writes the full attrs with ``complete: true`` last; a crash at any point
+leaves a group that no reader takes as complete, and never one that mixes old and new contents.
+Group attrs live in one metadata object per group, written with a single put (atomic on object
+stores; temp file and rename on local disk), so no rename of data is ever relied on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = [
+    "COMPLETE",
+    "commit_group",
+    "is_committed",
+    "json_attrs",
+    "now",
+    "row_chunks",
+    "write_array",
+    "write_arrays",
+]
+
+#: The commit marker (attr name).
+COMPLETE = "complete"
+#: Rows per chunk of long (N, ...) arrays such as point clouds.
+PRODUCT_CHUNK_ROWS = 1 << 20
+
+
+def now() -> str:
+    """UTC time stamp (ISO 8601) recorded with every commit."""
+    return datetime.now(UTC).isoformat()
+
+
+def json_attrs(attrs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``attrs`` as a plain JSON-compatible dict (tuples become lists).
+
+    Raises:
+        ValueError: the attrs are not JSON-serialisable (``what`` names the owner).
+    """
+    try:
+        return json.loads(json.dumps(dict(attrs or {})))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: attrs are not JSON-serialisable ({exc})") from None
+
+
+def is_committed(group: object) -> bool:
+    """Whether ``group`` is a Zarr group whose commit marker is set."""
+    return isinstance(group, zarr.Group) and group.attrs.get(COMPLETE) is True
+
+
+def write_array(
+    group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...] | None = None
+) -> None:
+    """Write ``data`` as array ``name`` of ``group`` (one chunk unless ``chunks``), replacing it."""
+    group.create_array(name, data=data, chunks=chunks or data.shape, overwrite=True)
+
+
+def write_arrays(
+    group: zarr.Group, arrays: Mapping[str, np.ndarray], chunking: Callable[[np.ndarray], tuple] | None = None
+) -> None:
+    """Write ``arrays`` into ``group`` (replacing same-named arrays) and delete the arrays it had
+    that ``arrays`` does not name. ``chunking(data)`` gives the chunk shape (default: one chunk)."""
+    for stale in set(group.array_keys()) - set(arrays):
+        del group[stale]
+    for name, data in arrays.items():
+        data = np.ascontiguousarray(data)
+        write_array(group, name, data, chunking(data) if chunking else None)
+
+
+def row_chunks(data: np.ndarray) -> tuple[int, ...]:
+    """Images and maps (2-D or more) in one chunk; long 1-D/(N, k) tables chunked by rows."""
+    if data.ndim >= 2 and data.shape[0] * 8 < PRODUCT_CHUNK_ROWS:
+        return data.shape
+    return (max(1, min(data.shape[0], PRODUCT_CHUNK_ROWS)), *data.shape[1:])
+
+
+def commit_group(
+    group: zarr.Group,
+    write_contents: Callable[[], None],
+    attrs: Mapping[str, Any],
+    placeholder: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Rewrite ``group`` under the commit protocol (module docstring).
+
+    Args:
+        group: the group to (re)write.
+        write_contents: writes the arrays (called while the group is uncommitted).
+        attrs: the group's final attrs (JSON-compatible); ``complete`` and ``written_at`` are added.
+        placeholder: attrs kept while uncommitted (e.g. the frame index).
+
+    Returns:
+        The attrs written.
+    """
+    group.attrs.put({**(placeholder or {}), COMPLETE: False})  # uncommit before touching arrays
+    write_contents()
+    final = {**attrs, "written_at": now(), COMPLETE: True}
+    group.attrs.put(final)
+    return final

@@ -1,0 +1,74 @@
+"""The survey's Zarr (v3) store: calibration and undistorted frames, with atomic frame commits.
+
+The root is a local path (default) or any fsspec URL (``s3://bucket/survey``, ``memory://x``).
+Layout::
+
+    <root>/                       group, attrs {"aquamvs_layout": 1, "survey": name}
+      calibration/                group, attrs {"calibration": <AquaCal JSON dict>, "calibration_hash",
+                                                "source", "undistorted_K": {cam: 3x3}, "cameras": [...],
+                                                "written_at"}
+        valid_mask/<camera>       (H, W) bool: undistorted-image validity, chunk = whole image
+      frames/<frame_key>/         group, attrs {"frame_index", "calibration_hash", "sources": {cam: path},
+                                                "cameras": [...], "complete": true, "written_at", "write_id"}
+        <camera>                  (H, W, 3) uint8 RGB undistorted image, chunks = (H, W, 3)
+                                  (consumers read whole images: one object per image on object stores)
+      pairs/<ref>-<src>/          group, attrs: pair geometry (baseline, overlap through the water, ...)
+      tables/<name>.csv           tables (e.g. benchmark results), written with pandas, atomically
+      products/<stage>/<frame>/<part>/   group of arrays written by a pipeline stage (sparse matches,
+                                  depth maps, clouds, meshes), committed like frames; e.g.
+                                  products/depth/f000001/cam0-cam1/{depth, confidence}
+
+Frame keys are :func:`aquamvs_core.survey.spec.frame_key` strings (``f000123``).
+
+**Commit protocol** (:mod:`aquamvs_core.store.commit`): frames, products and the calibration
+exist for readers only when their group's attrs say ``complete: true``, written last.
+:class:`~aquamvs_core.store.survey_store.SurveyStore` validates everything first (bad input writes
+nothing). A reader of a frame re-checks its ``write_id`` after reading and reports a frame rewritten
+meanwhile as incomplete. One writer per frame at a time is assumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+from aquamvs_core.survey import is_url
+
+LAYOUT_VERSION = 1
+CALIBRATION = "calibration"
+VALID_MASK = "valid_mask"
+FRAMES = "frames"
+PAIRS = "pairs"
+PRODUCTS = "products"
+RESERVED_FRAME_ATTRS = ("complete", "cameras", "written_at", "write_id")
+
+
+class StoreError(Exception):
+    """A store that cannot be opened, or a missing calibration; the message names the root."""
+
+
+class StoreKeyError(StoreError, KeyError):
+    """A missing frame or camera (a KeyError whose message is not quoted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class FrameNotFoundError(StoreKeyError):
+    """The frame has no group in the store."""
+
+
+class IncompleteFrameError(FrameNotFoundError):
+    """The frame's group exists but is not committed (a write failed or is in progress)."""
+
+
+def open_zarr_store(root: str | Path, read_only: bool = False) -> Store:
+    """The Zarr store for ``root``: a :class:`LocalStore` for a path or ``file://`` URL, else an
+    :class:`FsspecStore` for the URL."""
+    root = str(root)
+    if is_url(root) and not root.startswith("file://"):
+        return FsspecStore.from_url(root, read_only=read_only)
+    path = root.removeprefix("file://")
+    return LocalStore(Path(path).expanduser(), read_only=read_only)
