@@ -9,88 +9,23 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import dagster as dg
 
-from aquamvs_assets.definitions import build_definitions
-from aquamvs_assets.jobs import INGEST_JOB, RECONSTRUCTION_STAGES
 from aquamvs_assets.project import DEMO_SURVEY_DIR, PROJECT_ROOT, ensure_dagster_home
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
-from aquamvs_assets.runner import register_frames, run_stage
+from aquamvs_assets.runner import ReconstructionRun, run_ingestion, run_reconstruction
 from aquamvs_core.camera.calibration import CalibrationError
-from aquamvs_core.survey import Survey, SurveyError, frame_key, load_survey_spec
+from aquamvs_core.config import Pathway, Preset
+from aquamvs_core.survey import SurveyError, frame_key, load_survey_spec
+
+PRESETS = list(get_args(Preset))
+PATHWAYS = list(get_args(Pathway))
+#: The pathways the profile and benchmark commands run (RoMa needs its weights: not benchmarked here).
+SPARSE_PATHWAYS = [p for p in PATHWAYS if p != "roma"]
 
 log = logging.getLogger("aquamvs.cli")
-
-
-def _frame_keys(survey_file: Path, frames: list[int] | None) -> list[str]:
-    spec = load_survey_spec(survey_file)
-    with Survey.open(spec) as survey:
-        indices = survey.frame_indices if frames is None else frames
-        bad = [i for i in indices if not 0 <= i < survey.num_frames]
-        if bad:
-            raise SurveyError(f"frames {bad} are outside the survey's {survey.num_frames} frames")
-    if not indices:
-        raise SurveyError(f"{survey_file}: the frame selection is empty")
-    return [frame_key(i) for i in indices]
-
-
-def run_ingestion(
-    survey_file: Path, instance: dg.DagsterInstance, frames: list[int] | None = None
-) -> list[dg.ExecuteInProcessResult]:
-    """Register the survey's frames as partitions and materialize the ingestion job over them."""
-    keys = _frame_keys(survey_file, frames)
-    added = register_frames(instance, keys)
-    log.info("frames: %d selected, %d newly registered as partitions", len(keys), len(added))
-    return run_stage(build_definitions(survey_file).resolve_job_def(INGEST_JOB), instance, keys)
-
-
-def run_reconstruction(
-    survey_file: Path,
-    instance: dg.DagsterInstance,
-    settings: ReconstructionSettings,
-    frames: list[int] | None = None,
-    roma: RomaMatcher | None = None,
-) -> tuple[list[str], list[dg.AssetCheckEvaluation]]:
-    """Ingest the frames, then materialize every reconstruction stage for them; returns the frame
-    keys and the quality-check evaluations (when the survey has ground truth)."""
-    keys = _frame_keys(survey_file, frames)
-    register_frames(instance, keys)
-    defs = build_definitions(survey_file, settings, roma)
-    pair_keys = (
-        defs.resolve_assets_def("sparse_matches")
-        .partitions_def.get_partitions_def_for_dimension("pair")
-        .get_partition_keys()
-    )
-    run_stage(defs.resolve_job_def(INGEST_JOB), instance, keys)
-    checks: list[dg.AssetCheckEvaluation] = []
-    profiles: list[tuple[str, float, float, float]] = []
-    for n, (job_name, assets, per_pair) in enumerate(RECONSTRUCTION_STAGES, start=1):
-        log.info("stage %d/%d: %s", n, len(RECONSTRUCTION_STAGES), ", ".join(assets))
-        results = run_stage(defs.resolve_job_def(job_name), instance, keys, pair_keys if per_pair else None)
-        checks += [c for r in results for c in r.get_asset_check_evaluations()]
-        for result in results:
-            for asset in assets:
-                for event in result.asset_materializations_for_node(asset):
-                    meta = event.metadata
-                    if "profile_wall_s" in meta:
-                        profiles.append(
-                            (
-                                asset,
-                                meta["profile_wall_s"].value,
-                                meta["profile_cpu_s"].value,
-                                meta["profile_peak_rss_mb"].value,
-                            )
-                        )
-    if profiles:
-        total = sum(p[1] for p in profiles)
-        print("top bottlenecks (profiled stages):")
-        for asset, wall, cpu, rss in sorted(profiles, key=lambda p: -p[1])[:3]:
-            print(
-                f"  - {asset}: {wall:.2f} s ({100 * wall / total:.0f} % of the time), CPU {cpu:.2f} s, "
-                f"peak RSS {rss:.0f} MB"
-            )
-    return keys, checks
 
 
 def _print_summary(survey_file: Path, home: Path, seconds: float) -> None:
@@ -98,7 +33,7 @@ def _print_summary(survey_file: Path, home: Path, seconds: float) -> None:
     print(
         f"\nSurvey '{spec.name}' done in {seconds:.1f} s.\n"
         f"  survey file : {survey_file}\n"
-        f"  Zarr store  : {spec.store}   (layout: see aquamvs_core/store.py)\n"
+        f"  Zarr store  : {spec.store}   (layout: see aquamvs_core/store/layout.py)\n"
         f"  DAGSTER_HOME: {home}\n"
         f"Open the UI (lineage, partitions, run logs) from {PROJECT_ROOT}:\n"
         f"  DAGSTER_HOME={home} AQUAMVS_SURVEY={survey_file} .venv/bin/dagster dev\n"
@@ -120,19 +55,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         frames = _parse_frames(args.frames) or [0]
         settings = ReconstructionSettings(preset=args.preset)
-        keys, checks = run_reconstruction(survey_file, instance, settings, frames)
+        run = run_reconstruction(survey_file, instance, settings, frames)
         out_dir = Path(args.survey_dir) / "output"
         store = SurveyStore(load_survey_spec(survey_file).store, read_only=True)
-        for key in keys:
+        for key in run.frame_keys:
             for path in steps.export_frame(store, key, out_dir):
                 print(f"wrote {path}")
-        _print_checks(checks)
+        _print_run(run)
     _print_summary(survey_file, home, time.perf_counter() - t0)
     return 0
 
 
-def _print_checks(checks: list[dg.AssetCheckEvaluation]) -> None:
-    for evaluation in checks:
+def _print_run(run: ReconstructionRun) -> None:
+    """The profiled bottlenecks (with ``--profile``) and the quality verdicts (with ground truth)."""
+    if run.profiles:
+        print("top bottlenecks (profiled stages):")
+        for line in run.bottlenecks(3):
+            print(f"  - {line}")
+    for evaluation in run.checks:
         values = {k: v.value for k, v in evaluation.metadata.items()}
         verdict = "met" if evaluation.passed else "NOT met"
         print(f"quality vs ground truth ({verdict}): " + ", ".join(f"{k}={v}" for k, v in values.items()))
@@ -203,13 +143,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="aquamvs-dagster-") as tmp:
         home = ensure_dagster_home(args.dagster_home or os.environ.get("DAGSTER_HOME") or tmp)
         instance = dg.DagsterInstance.from_config(str(home))
-        keys, checks = run_reconstruction(survey_file, instance, settings, frames, roma)
+        run = run_reconstruction(survey_file, instance, settings, frames, roma)
         store = SurveyStore(spec.store, read_only=True)
-        for key in keys:
+        for key in run.frame_keys:
             for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
                 print(f"wrote {path}")
-        _print_checks(checks)
-    print(f"reconstructed {len(keys)} frame(s) in {time.perf_counter() - t0:.1f} s; store: {spec.store}")
+        _print_run(run)
+    print(
+        f"reconstructed {len(run.frame_keys)} frame(s) in {time.perf_counter() - t0:.1f} s; "
+        f"store: {spec.store}"
+    )
     return 0
 
 
@@ -356,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME or .dagster_home)")
     demo.add_argument("--no-reconstruct", action="store_true", help="only ingest the frames")
     demo.add_argument("--frames", help="frames to reconstruct, comma-separated (default: 0)")
-    demo.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
+    demo.add_argument("--preset", choices=PRESETS, default="balanced")
     demo.set_defaults(func=cmd_demo)
 
     ingest = sub.add_parser("ingest", help="ingest a survey (YAML) through Dagster")
@@ -370,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("input_dir", help="one <camera>.mp4 per camera, or one folder <camera>/ of images each")
     rec.add_argument("out_dir", help="writes OUT_DIR/frame_NNNNNN/{fused_cloud.ply, mesh.ply}")
     rec.add_argument("--frames", help="comma-separated frame indices (default: all)")
-    rec.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
-    rec.add_argument("--pathway", choices=["sift", "lightglue", "roma"], default="sift")
+    rec.add_argument("--preset", choices=PRESETS, default="balanced")
+    rec.add_argument("--pathway", choices=PATHWAYS, default="sift")
     rec.add_argument("--config", help="YAML file overriding any configuration field")
     rec.add_argument(
         "--mesh-format",
@@ -397,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="profile every stage of one frame and print the bottlenecks")
     prof.add_argument("survey", nargs="?", help="survey YAML (default: the built-in demo)")
     prof.add_argument("--frame", type=int, default=0)
-    prof.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
-    prof.add_argument("--pathway", choices=["sift", "lightglue"], default="sift")
+    prof.add_argument("--preset", choices=PRESETS, default="balanced")
+    prof.add_argument("--pathway", choices=SPARSE_PATHWAYS, default="sift")
     prof.add_argument("--config", help="YAML file overriding any configuration field")
     prof.add_argument("--dagster-home", help="instance used if the frame must be ingested first")
     prof.set_defaults(func=cmd_profile)
@@ -406,10 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="pathway × preset matrix on one frame, as a markdown report")
     bench.add_argument("survey", nargs="?", help="survey YAML (default: the built-in demo)")
     bench.add_argument("--frame", type=int, default=0)
-    bench.add_argument("--pathways", nargs="+", choices=["sift", "lightglue"], default=["sift", "lightglue"])
-    bench.add_argument(
-        "--presets", nargs="+", choices=["fast", "balanced", "quality"], default=["fast", "balanced"]
-    )
+    bench.add_argument("--pathways", nargs="+", choices=SPARSE_PATHWAYS, default=SPARSE_PATHWAYS)
+    bench.add_argument("--presets", nargs="+", choices=PRESETS, default=["fast", "balanced"])
     bench.add_argument("--out", help="write the report (markdown) and the table (.csv) here")
     bench.add_argument("--dagster-home", help="instance used if the frame must be ingested first")
     bench.set_defaults(func=cmd_benchmark)

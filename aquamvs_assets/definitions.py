@@ -10,9 +10,10 @@ from pathlib import Path
 import dagster as dg
 
 from aquamvs_assets.assets.benchmarks import benchmark_summary, benchmark_tables
-from aquamvs_assets.assets.ingestion import frames, survey_calibration
-from aquamvs_assets.assets.pairs import build_pair_geometry_asset
-from aquamvs_assets.assets.reconstruction import build_reconstruction_assets
+from aquamvs_assets.assets.depth import build_depth_assets
+from aquamvs_assets.assets.ingestion import build_pair_geometry_asset, frames, survey_calibration
+from aquamvs_assets.assets.sparse import build_sparse_assets
+from aquamvs_assets.assets.surface import build_surface_assets
 from aquamvs_assets.jobs import frames_job, ingest_job, reconstruction_jobs
 from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partitions
 from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
@@ -38,15 +39,15 @@ def build_definitions(
     spec = load_survey_spec(survey_file)
     pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
     pair_partitions = camera_pair_partitions(pairs)
-    reconstruction_assets = build_reconstruction_assets(
-        pairs, pair_partitions, frame_pair_partitions(pair_partitions), spec.ground_truth
-    )
+    frame_pairs = frame_pair_partitions(pair_partitions)
     return dg.Definitions(
         assets=[
             survey_calibration,
             frames,
             build_pair_geometry_asset(pairs, pair_partitions),
-            *reconstruction_assets,
+            *build_sparse_assets(pairs, frame_pairs),
+            *build_depth_assets(pairs, frame_pairs),
+            *build_surface_assets(spec.ground_truth),
             benchmark_tables,
             benchmark_summary,
         ],

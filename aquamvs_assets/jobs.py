@@ -1,37 +1,57 @@
-"""Jobs: the main ingestion job (calibration + frames, per frame partition)."""
+"""Jobs: ingestion (calibration + frames) and the reconstruction jobs, built from the one registry
+of stages (:data:`aquamvs_core.steps.STAGES`). A Dagster job's assets share one partitioning, so
+consecutive stages with the same partitioning (frame, or frame × pair) form one job."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import groupby
+
 import dagster as dg
 
-from aquamvs_assets.assets.ingestion import frames, survey_calibration
+from aquamvs_core.steps import STAGES
 
 INGEST_JOB = "ingest"
 
 ingest_job = dg.define_asset_job(
     INGEST_JOB,
-    selection=dg.AssetSelection.assets(survey_calibration, frames),
+    selection=dg.AssetSelection.assets("survey_calibration", "frames"),
     description="Register the calibration and ingest (decode, undistort, store) survey frames.",
 )
 
 frames_job = dg.define_asset_job(
     "ingest_frames",
-    selection=dg.AssetSelection.assets(frames),
+    selection=dg.AssetSelection.assets("frames"),
     description="Ingest survey frames only (the calibration is already in the store).",
 )
 
-#: Reconstruction stages in order; each is one job (a job's assets share one partitioning).
-RECONSTRUCTION_STAGES: list[tuple[str, list[str], bool]] = [
-    # (job name, asset keys, partitioned by frame × pair)
-    ("reconstruct_sparse_matches", ["sparse_matches"], True),
-    ("reconstruct_sparse_cloud", ["sparse_cloud"], False),
-    ("reconstruct_pairwise_depths", ["pairwise_depths"], True),
-    ("reconstruct_surface", ["camera_depths", "fused_cloud", "mesh"], False),
-]
+
+@dataclass(frozen=True)
+class StageJob:
+    """A reconstruction job: consecutive stages that share a partitioning."""
+
+    name: str
+    assets: tuple[str, ...]
+    per_pair: bool  # partitioned by frame × pair
+
+
+def _stage_jobs() -> list[StageJob]:
+    jobs = []
+    for per_pair, group in groupby(STAGES, key=lambda s: s.per_pair):
+        names = tuple(s.name for s in group)
+        suffix = names[0] if len(names) == 1 else f"{names[0]}_to_{names[-1]}"
+        jobs.append(StageJob(f"reconstruct_{suffix}", names, per_pair))
+    return jobs
+
+
+#: The reconstruction jobs in data-flow order.
+RECONSTRUCTION_JOBS: list[StageJob] = _stage_jobs()
 
 reconstruction_jobs = [
     dg.define_asset_job(
-        name, selection=dg.AssetSelection.assets(*keys), description=f"Reconstruction: {', '.join(keys)}"
+        job.name,
+        selection=dg.AssetSelection.assets(*job.assets),
+        description=f"Reconstruction: {', '.join(job.assets)}",
     )
-    for name, keys, _ in RECONSTRUCTION_STAGES
+    for job in RECONSTRUCTION_JOBS
 ]

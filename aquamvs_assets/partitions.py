@@ -8,7 +8,7 @@ from aquamvs_core.stages.pairs import CameraPair
 
 FRAMES_PARTITION_NAME = "frames"
 
-#: Survey frames, keyed ``f000123`` (see :func:`aquamvs_core.survey.spec.frame_key`). Frames arrive over
+#: Survey frames, keyed ``f000123`` (see :func:`aquamvs_core.survey.keys.frame_key`). Frames arrive over
 #: time; the ``new_frames_sensor`` and the CLI add them.
 frame_partitions = dg.DynamicPartitionsDefinition(name=FRAMES_PARTITION_NAME)
 

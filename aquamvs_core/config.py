@@ -152,10 +152,3 @@ def build_config(
         source = f"{yaml_file}: " if yaml_file else ""
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{source}invalid configuration: {problems}") from None
-
-
-def save_config(config: ReconstructionConfig, path: str | Path) -> Path:
-    """Write ``config`` as YAML (all fields, so the file documents every threshold)."""
-    path = Path(path)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    return path

@@ -9,7 +9,7 @@ Two matchers:
   actual model path. No accuracy is claimed.
 * ``exact560``: the exact warp of the synthetic survey on RoMa's default 560 × 560 grid (the size of
   a real RoMa warp at ``coarse_res=560``): the memory that warps cost. (The conversion's accuracy
-  against ground truth is asserted in ``tests/test_roma.py``.)
+  against ground truth is asserted in ``tests/stages/dense/test_roma.py``.)
 
 Peak RSS is sampled (:class:`aquamvs_core.evaluation.profiling.Profiler`); the Python heap peak comes from
 ``tracemalloc`` (it sees the numpy-backed exact warps, not torch's allocations). CUDA columns appear

@@ -79,6 +79,27 @@ def synthetic_survey_file(synthetic_small_survey, tmp_path):
     return private.to_yaml(tmp_path / "survey.yaml")
 
 
+@pytest.fixture
+def ingested(synthetic_survey_file):
+    """The small survey (4 ring cameras + fisheye, 160×120) with frame 0 in a private store:
+    ``(spec, store, pairs)``."""
+    from aquamvs_core.camera.calibration import load_calibration
+    from aquamvs_core.stages.ingest import Undistorter
+    from aquamvs_core.stages.pairs import select_pairs
+    from aquamvs_core.steps import ingest_frames, write_calibration
+    from aquamvs_core.store import SurveyStore
+    from aquamvs_core.survey import Survey, load_survey_spec
+
+    spec = load_survey_spec(synthetic_survey_file)
+    store = SurveyStore(spec.store)
+    with Survey.open(spec) as survey:
+        undistorter = Undistorter.for_rig(survey.rig)
+        write_calibration(store, survey.rig, undistorter)
+        ingest_frames(survey, store, [0], undistorter)
+    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    return spec, store, pairs
+
+
 @pytest.fixture(scope="session")
 def gt_scene():
     """4 ring cameras at 160×120 (~8 mm pixels on the bed) without an auxiliary: the rig, terrain,

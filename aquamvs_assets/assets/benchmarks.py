@@ -1,22 +1,21 @@
 """Benchmark assets: a table per frame (pathway × preset: stage times, memory, sizes, accuracy) and
 a survey summary across frames."""
 
-import base64
 import tempfile
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from aquamvs_assets import metadata
 from aquamvs_assets.assets.ingestion import frames
 from aquamvs_assets.partitions import frame_partitions
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_core.evaluation.benchmark import STAGES, benchmark_matrix
-from aquamvs_core.preview import bar_chart, encode_png
+from aquamvs_core.preview import bar_chart
 from aquamvs_core.stages.pairs import select_pairs
 
 GROUP = "benchmarks"
-ACCURACY = ["median_mm", "p90_mm", "outlier_fraction", "completeness"]
 
 
 class BenchmarkConfig(dg.Config):
@@ -24,21 +23,6 @@ class BenchmarkConfig(dg.Config):
 
     pathways: list[str] = Field(default_factory=lambda: ["sift"], description="sift and/or lightglue")
     presets: list[str] = Field(default_factory=lambda: ["fast", "balanced"], description="presets to run")
-
-
-def _table_metadata(table: pd.DataFrame) -> dg.MetadataValue:
-    columns = [dg.TableColumn(c, "string" if table[c].dtype == object else "float") for c in table.columns]
-    records = [
-        dg.TableRecord({k: (v if isinstance(v, str) else float(v)) for k, v in row.items()})
-        for row in table.to_dict("records")
-    ]
-    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=columns))
-
-
-def _png(image) -> dg.MetadataValue:
-    return dg.MetadataValue.md(
-        f"![chart](data:image/png;base64,{base64.b64encode(encode_png(image)).decode()})"
-    )
 
 
 @dg.asset(
@@ -55,7 +39,7 @@ def benchmark_tables(
     survey: SurveyResource,
     store: ZarrStoreResource,
 ) -> dg.MaterializeResult:
-    spec, zs = survey.spec(), store.get()
+    spec, survey_store = survey.spec(), store.get()
     frame = context.partition_key
     pairs = select_pairs(survey.rig(), spec.pair_neighbours)
     with tempfile.TemporaryDirectory(prefix="aquamvs-benchmark-") as tmp:
@@ -63,18 +47,18 @@ def benchmark_tables(
             spec.store, frame, pairs, config.pathways, config.presets, tmp, spec.ground_truth
         )
     table.insert(0, "frame", frame)
-    path = zs.write_table(f"benchmarks/{frame}", table)
+    path = survey_store.write_table(f"benchmarks/{frame}", table)
     labels = [f"{r.pathway} {r.preset}" for r in table.itertuples()]
     timing = bar_chart(labels, {s: table[f"{s}_s"].tolist() for s in STAGES}, "stage wall time (s)")
-    metadata = {
-        "table": _table_metadata(table),
+    meta = {
+        "table": metadata.table(table),
         "path": dg.MetadataValue.path(path),
-        "stage_times": _png(timing),
+        "stage_times": metadata.png(timing, "stage wall time"),
     }
     if "median_mm" in table:
         accuracy = bar_chart(labels, {c: table[c].tolist() for c in ("median_mm", "p90_mm")}, "error (mm)")
-        metadata["accuracy"] = _png(accuracy)
-    return dg.MaterializeResult(metadata=metadata)
+        meta["accuracy"] = metadata.png(accuracy, "error")
+    return dg.MaterializeResult(metadata=meta)
 
 
 @dg.asset(
@@ -84,22 +68,22 @@ def benchmark_tables(
     description="All frames' benchmark tables: mean per pathway and preset, and accuracy over time.",
 )
 def benchmark_summary(context: dg.AssetExecutionContext, store: ZarrStoreResource) -> dg.MaterializeResult:
-    zs = store.get()
+    survey_store = store.get()
     keys = context.instance.get_materialized_partitions(benchmark_tables.key)
-    tables = [zs.read_table(f"benchmarks/{k}") for k in sorted(keys)]
+    tables = [survey_store.read_table(f"benchmarks/{k}") for k in sorted(keys)]
     if not tables:
         raise dg.Failure("no benchmark_tables partition has been materialized yet")
     rows = pd.concat(tables, ignore_index=True)
     numeric = [c for c in rows.columns if c not in ("frame", "pathway", "preset")]
     summary = rows.groupby(["pathway", "preset"], as_index=False)[numeric].mean()
     summary.insert(2, "frames", rows.groupby(["pathway", "preset"]).size().values)
-    path = zs.write_table("benchmark_summary", summary)
-    metadata = {
-        "summary": _table_metadata(summary),
+    path = survey_store.write_table("benchmark_summary", summary)
+    meta = {
+        "summary": metadata.table(summary),
         "path": dg.MetadataValue.path(path),
         "frames": len(tables),
     }
     if "median_mm" in rows:
         over_time = rows.pivot_table(index="frame", columns=["pathway", "preset"], values="median_mm")
-        metadata["median_mm_over_frames"] = dg.MetadataValue.md(over_time.to_markdown(floatfmt=".3f"))
-    return dg.MaterializeResult(metadata=metadata)
+        meta["median_mm_over_frames"] = dg.MetadataValue.md(over_time.to_markdown(floatfmt=".3f"))
+    return dg.MaterializeResult(metadata=meta)

@@ -1,22 +1,19 @@
-"""Ingestion assets: the survey calibration and the undistorted frames."""
-
-import base64
+"""Ingestion assets: the survey calibration, the undistorted frames (with the ``frames_complete``
+check) and each camera pair's geometry."""
 
 import dagster as dg
+from pydantic import Field
 
+from aquamvs_assets.metadata import png
 from aquamvs_assets.partitions import frame_partitions
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
-from aquamvs_core.preview import encode_png, mosaic
+from aquamvs_core.preview import mosaic
 from aquamvs_core.stages.ingest import Undistorter
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import CameraPair, pair_geometry, select_pairs
 from aquamvs_core.steps import ingest_frames, write_calibration
 from aquamvs_core.survey import frame_index
 
 FRAMES_CHECK = "frames_complete"
-
-
-def _png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 @dg.asset(
@@ -73,10 +70,10 @@ def survey_calibration(
 def frames(
     context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
 ) -> dg.MaterializeResult:
-    zarr_store = store.get()
+    survey_store = store.get()
     keys = context.partition_keys
     with survey.open() as sv:
-        stored = zarr_store.read_calibration() if zarr_store.has_calibration() else None
+        stored = survey_store.read_calibration() if survey_store.has_calibration() else None
         if stored is None or stored.get("calibration_hash") != sv.rig.content_hash:
             raise dg.Failure(
                 f"the store at {store.root} holds no calibration matching {sv.rig.source} "
@@ -84,7 +81,7 @@ def frames(
             )
         records = ingest_frames(
             sv,
-            zarr_store,
+            survey_store,
             [frame_index(k) for k in keys],
             on_frame=lambda r, n, total: context.log.info(
                 f"frame {r.key}: {len(r.cameras)} cameras undistorted and stored "
@@ -95,8 +92,8 @@ def frames(
         expected = set(sv.rig.camera_names)
         problems = []
         for r in records:
-            attrs = zarr_store.frame_attrs(r.key)
-            images = zarr_store.read_frame(r.key)
+            attrs = survey_store.frame_attrs(r.key)
+            images = survey_store.read_frame(r.key)
             if set(images) != expected:
                 problems.append(f"{r.key}: cameras {sorted(images)} != {sorted(expected)}")
             bad = [c for c, im in images.items() if im.shape != (h, w, 3)]
@@ -104,7 +101,7 @@ def frames(
                 problems.append(f"{r.key}: wrong image shape for {bad}")
             if attrs.get("calibration_hash") != sv.rig.content_hash:
                 problems.append(f"{r.key}: calibration hash mismatch")
-        preview = _png_markdown(encode_png(mosaic(images, tile_width=160)), f"frame {records[-1].key}")
+        preview = png(mosaic(images, tile_width=160), f"frame {records[-1].key}")
     return dg.MaterializeResult(
         metadata={
             "frames": dg.MetadataValue.json([r.key for r in records]),
@@ -123,3 +120,53 @@ def frames(
             )
         ],
     )
+
+
+class PairGeometryConfig(dg.Config):
+    """Launchpad configuration of ``camera_pair_geometry``."""
+
+    water_depth_m: float = Field(
+        0.5, gt=0.0, description="Nominal water depth below the surface (m) at which overlap is measured."
+    )
+
+
+def build_pair_geometry_asset(
+    pairs: list[CameraPair], partitions_def: dg.StaticPartitionsDefinition
+) -> dg.AssetsDefinition:
+    """The ``camera_pair_geometry`` asset for one rig's pairs."""
+    by_key = {p.key: p for p in pairs}
+
+    @dg.asset(
+        partitions_def=partitions_def,
+        deps=[survey_calibration],
+        group_name="ingestion",
+        kinds={"zarr"},
+        description="Baseline and overlap through the water of each directed stereo pair (ref-src).",
+    )
+    def camera_pair_geometry(
+        context: dg.AssetExecutionContext, config: PairGeometryConfig, store: ZarrStoreResource
+    ) -> dg.MaterializeResult:
+        survey_store = store.get()
+        rig = survey_store.read_rig()
+        Ks = survey_store.read_undistorted_K()
+        bottom_z = rig.interface.water_z + config.water_depth_m
+        rows = []
+        for key in context.partition_keys:
+            geometry = pair_geometry(rig, by_key[key], bottom_z, Ks)
+            survey_store.write_pair_geometry(key, geometry)
+            rows.append(geometry)
+            context.log.info(
+                f"pair {key}: baseline {geometry['baseline_m']:.3f} m, overlap {geometry['overlap']:.2f}"
+            )
+        first = rows[0]
+        return dg.MaterializeResult(
+            metadata={
+                "baseline_m": first["baseline_m"],
+                "overlap": first["overlap"],
+                "pairs": len(rows),
+                "bottom_z_m": bottom_z,
+                "calibration_hash": rig.content_hash,
+            }
+        )
+
+    return camera_pair_geometry

@@ -11,7 +11,8 @@ Conventions (the single place they are stated for the whole project):
 * **Lens model**: ``dist_coeffs`` are OpenCV's radial-tangential ``[k1, k2, p1, p2, k3(, k4, k5, k6)]``
   for pinhole cameras, or OpenCV's equidistant fisheye ``[k1, k2, k3, k4]`` when ``is_fisheye``.
 * **Depth**: "ray depth" is the distance in metres along the *refracted* ray from its origin on the
-  water surface (see :mod:`aquamvs_core.camera.refraction`); "world Z" is the Z coordinate. They are never mixed.
+  water surface (see :mod:`aquamvs_core.camera.refraction`); "world Z" is the Z coordinate. They are
+  never mixed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from aquamvs_core.files import atomic_write_text
 
 SUPPORTED_VERSIONS = ("1.0",)
 FORBIDDEN_NAME_CHARS = set("|,[]/\\ ")
@@ -157,13 +160,8 @@ def rig_to_dict(rig: Rig) -> dict[str, Any]:
 
 
 def save_calibration(rig: Rig, path: str | Path) -> Path:
-    """Write ``rig`` as AquaCal "1.0" JSON (atomically: temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rig_to_dict(rig), indent=2))
-    tmp.replace(path)
-    return path
+    """Write ``rig`` as AquaCal "1.0" JSON, atomically (:func:`~aquamvs_core.files.atomic_write_text`)."""
+    return atomic_write_text(path, json.dumps(rig_to_dict(rig), indent=2))
 
 
 def calibration_hash(cameras: dict[str, CameraCalibration], interface: Interface) -> str:

@@ -18,7 +18,7 @@ Layout::
                                   depth maps, clouds, meshes), committed like frames; e.g.
                                   products/depth/f000001/cam0-cam1/{depth, confidence}
 
-Frame keys are :func:`aquamvs_core.survey.spec.frame_key` strings (``f000123``).
+Frame keys are :func:`aquamvs_core.survey.keys.frame_key` strings (``f000123``).
 
 **Commit protocol** (:mod:`aquamvs_core.store.commit`): frames, products and the calibration
 exist for readers only when their group's attrs say ``complete: true``, written last.

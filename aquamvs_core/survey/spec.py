@@ -10,7 +10,8 @@ A survey is defined by a YAML file (:class:`SurveySpec`)::
     pair_neighbours: 4
     ground_truth: null
 
-Frames are named by :func:`~aquamvs_core.survey.keys.frame_key` (``f000123``) in the store and as partition keys.
+Frames are named by :func:`~aquamvs_core.survey.keys.frame_key` (``f000123``) in the store and as
+partition keys.
 """
 
 from __future__ import annotations

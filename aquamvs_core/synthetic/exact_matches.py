@@ -73,9 +73,9 @@ def ground_truth_warp(
 
 
 class GroundTruthMatcher:
-    """A :class:`~aquamvs_core.stages.dense.correspondence_depth.DenseMatcher` that returns the exact warp of the
-    synthetic survey (it ignores the pixels; ``names`` say which cameras), and delegates sampling and
-    pixel conversion to ``sampler`` (romatch's, through a RoMa session)."""
+    """A :class:`~aquamvs_core.stages.dense.correspondence_depth.DenseMatcher` that returns the exact
+    warp of the synthetic survey (it ignores the pixels; ``names`` say which cameras), and delegates
+    sampling and pixel conversion to ``sampler`` (romatch's, through a RoMa session)."""
 
     def __init__(
         self,

@@ -19,8 +19,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from aquamvs_assets.assets.ingestion import frames, survey_calibration
-from aquamvs_assets.assets.pairs import build_pair_geometry_asset
+from aquamvs_assets.assets.ingestion import build_pair_geometry_asset, frames, survey_calibration
 from aquamvs_assets.cli import main as cli_main
 from aquamvs_assets.definitions import build_definitions
 from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partitions

@@ -8,33 +8,16 @@ import pytest
 
 from aquamvs_assets.cli import main as cli_main
 from aquamvs_core import steps as steps
-from aquamvs_core.camera.calibration import load_calibration
 from aquamvs_core.config import build_config
 from aquamvs_core.evaluation.benchmark import STAGES, accuracy_columns, benchmark_matrix, profile_frame
 from aquamvs_core.evaluation.quality import quality_report
 from aquamvs_core.stages.fusion import FusedCloud
-from aquamvs_core.stages.ingest import Undistorter
 from aquamvs_core.stages.mesh import MeshConfig, build_mesh
-from aquamvs_core.stages.pairs import select_pairs
-from aquamvs_core.steps import ingest_frames, write_calibration
 from aquamvs_core.store import SurveyStore
-from aquamvs_core.survey import Product, Survey, load_survey_spec, product_path
+from aquamvs_core.survey import Product, product_path
 from aquamvs_core.synthetic import load_ground_truth
 
 FRAME = "f000000"
-
-
-@pytest.fixture
-def ingested(synthetic_survey_file):
-    """The small survey (4 ring cameras + fisheye, 160×120) with frame 0 in a private store."""
-    spec = load_survey_spec(synthetic_survey_file)
-    store = SurveyStore(spec.store)
-    with Survey.open(spec) as survey:
-        undistorter = Undistorter.for_rig(survey.rig)
-        write_calibration(store, survey.rig, undistorter)
-        ingest_frames(survey, store, [0], undistorter)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
-    return spec, store, pairs
 
 
 def test_profiler_reports_every_stage(ingested):
@@ -145,17 +128,12 @@ def test_benchmark_assets_materialize_a_table_and_a_summary(ingested, synthetic_
 def test_profile_run_flag_adds_stage_profile_metadata(ingested, synthetic_survey_file):
     import dagster as dg
 
-    from aquamvs_assets.assets.reconstruction import build_reconstruction_assets
-    from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partitions
+    from aquamvs_assets.assets.surface import build_surface_assets
     from aquamvs_assets.resources import ReconstructionSettings, ZarrStoreResource
 
     spec, store, pairs = ingested
     profile_frame(store, FRAME, pairs, build_config("fast"))  # upstream products of fused_cloud
-    parts = camera_pair_partitions(pairs)
-    assets = {
-        a.key.to_user_string(): a
-        for a in build_reconstruction_assets(pairs, parts, frame_pair_partitions(parts), None)
-    }
+    assets = {a.key.to_user_string(): a for a in build_surface_assets(None)}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("frames", [FRAME])
         result = dg.materialize(

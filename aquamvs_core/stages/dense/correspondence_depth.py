@@ -8,10 +8,11 @@ at integers, :mod:`aquamvs_core.camera.calibration`). romatch's pixel coordinate
 ``i + 0.5``: :data:`ROMATCH_PIXEL_OFFSET` converts them.
 
 **Pair depth.** The cells above the certainty threshold (all, or romatch's balanced sample of them)
-are triangulated through the water exactly (:func:`~aquamvs_core.stages.sparse.triangulation.triangulate_matches`,
-float64); a cell keeps the ray depth of its reference pixel (metres along the refracted ray, as in
-:mod:`aquamvs_core.stages.depth_map`) when the point passes the angle and reprojection filters and lies in the
-camera's depth range. Everything runs under ``torch.no_grad``; nothing of the warp is kept.
+are triangulated through the water exactly
+(:func:`~aquamvs_core.stages.sparse.triangulation.triangulate_matches`, float64); a cell keeps the
+ray depth of its reference pixel (metres along the refracted ray, as in
+:mod:`aquamvs_core.stages.depth_map`) when the point passes the angle and reprojection filters and
+lies in the camera's depth range. Everything runs under ``torch.no_grad``; nothing of the warp is kept.
 
 **Camera depth.** Per cell over the camera's pairs: robust median of world Z, the pairs agreeing with
 it within ``agreement_tol_mm`` (agreement count), their certainty-weighted mean world Z and a

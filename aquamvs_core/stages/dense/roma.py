@@ -35,6 +35,7 @@ import psutil
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from aquamvs_core.checkpoints import CheckpointError, load_checkpoint
 from aquamvs_core.runtime import TorchDevice
 from aquamvs_core.stages.dense.correspondence_depth import DEFAULT_CERTAINTY_THRESHOLD, WarpMatch
 
@@ -63,10 +64,6 @@ _DINOV2_KWARGS = {
 
 class MissingWeightsError(FileNotFoundError):
     """A RoMa checkpoint file is missing; the message names the paths and how to obtain them."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file exists but does not load strictly into the model."""
 
 
 @dataclass(frozen=True)
@@ -224,20 +221,6 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors alike
-        raise CheckpointError(
-            f"{path}: not a loadable torch checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
 def random_checkpoints(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Seeded *untrained* state dicts with RoMa outdoor's architecture: for contract tests and
     benchmarks of memory and time, never for accuracy. Returns (matcher, dinov2) state dicts."""
@@ -347,7 +330,8 @@ def load_roma(settings: RomaSettings | None = None) -> RomaSession:
     settings = settings or RomaSettings()
     checkpoints = settings.checkpoints
     checkpoints.check()
-    matcher_state, dinov2_state = _load_state(checkpoints.matcher), _load_state(checkpoints.dinov2)
+    matcher_state = load_checkpoint(checkpoints.matcher, unwrap="model")
+    dinov2_state = load_checkpoint(checkpoints.dinov2, unwrap="model")
     model = build_roma(matcher_state, dinov2_state, settings)
     del matcher_state, dinov2_state
     session = RomaSession(model, settings)

@@ -3,15 +3,35 @@ matchers that are not rotation invariant) and triangulate the matches through th
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
 from aquamvs_core.camera.refraction import RefractiveCamera
-from aquamvs_core.stages.sparse.matching import SparseMatchConfig, match_images
+from aquamvs_core.stages.sparse.lightglue import LightGlueModels, match_lightglue
+from aquamvs_core.stages.sparse.matching import FeatureCache, Matches, SparseMatchConfig, match_sift
 from aquamvs_core.stages.sparse.triangulation import TriangulationConfig, triangulate_matches
+
+
+def match_images(
+    img_a: np.ndarray,
+    img_b: np.ndarray,
+    config: SparseMatchConfig | None = None,
+    model_cache: dict[tuple[Any, ...], LightGlueModels] | None = None,
+    feature_cache: FeatureCache | None = None,
+    keys: tuple[Hashable, Hashable] | None = None,
+) -> Matches:
+    """Match two images with ``config.method`` (:func:`~aquamvs_core.stages.sparse.matching.match_sift`
+    or :func:`~aquamvs_core.stages.sparse.lightglue.match_lightglue`); ``feature_cache`` + ``keys``
+    reuse each image's features across the pairs it is in."""
+    config = config or SparseMatchConfig()
+    if config.method == "sift":
+        return match_sift(img_a, img_b, config, feature_cache, keys)
+    return match_lightglue(img_a, img_b, config, model_cache, feature_cache, keys)
 
 
 @dataclass(frozen=True)

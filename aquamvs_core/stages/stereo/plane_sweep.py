@@ -19,8 +19,9 @@ depth ``s_k(u, v) = (z_k − water_z) / d_z(u, v)``. Why planes of constant worl
 1. images → grey in [0, 1], Gaussian prefilter (normalized by the validity mask; it reduces the
    aliasing noise of the sub-pixel matching), NaN where invalid; a pyramid by ``2^L`` block
    averaging (:class:`PreparedImage`, cached per view);
-2. the warp field (exact projections on a lattice, :func:`~aquamvs_core.stages.stereo.plane_warp.build_warp_field`)
-   over ``[z_min − range_margin, z_max + range_margin]``;
+2. the warp field (exact projections on a lattice,
+   :func:`~aquamvs_core.stages.stereo.plane_warp.build_warp_field`) over
+   ``[z_min − range_margin, z_max + range_margin]``;
 3. **sweep** at pyramid level ``coarse_level`` over all ``num_depths`` planes, in batches of
    ``hypothesis_batch`` planes: windowed NCC (:mod:`aquamvs_core.stages.stereo.ncc`); only the running best
    score, its plane, the scores of its two neighbouring planes and the per-bin maxima (for the second

@@ -28,8 +28,9 @@ from aquamvs_core.stages.sparse import (
     triangulate_matches,
     triangulate_rays,
 )
-from aquamvs_core.stages.sparse import matching as matching_mod
-from aquamvs_core.stages.sparse.matching import LIGHTGLUE_INSTALL, lightglue_weight_paths, mutual_ratio_match
+from aquamvs_core.stages.sparse import lightglue as matching_mod
+from aquamvs_core.stages.sparse.lightglue import LIGHTGLUE_INSTALL, lightglue_weight_paths
+from aquamvs_core.stages.sparse.matching import mutual_ratio_match
 
 torch.set_num_threads(2)
 

@@ -1,4 +1,5 @@
-"""Refractive plane-sweep stereo (aquamvs_core.stages.stereo) against exact geometry and ray-traced ground truth.
+"""Refractive plane-sweep stereo (aquamvs_core.stages.stereo) against exact geometry and ray-traced
+ground truth.
 
 Scenes are small (200×150, 6 ring cameras, no lens distortion) renders of the built-in synthetic
 bed (:mod:`aquamvs_core.synthetic`); ground truth comes from :func:`trace_pixels` of the same
