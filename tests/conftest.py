@@ -107,8 +107,9 @@ def gt_scene():
     (shared by the fusion and mesh tests)."""
     from types import SimpleNamespace
 
-    from aquamvs_core.camera.distortion import build_undistortion_map, undistort_image, undistorted_intrinsics
+    from aquamvs_core.camera.distortion import undistorted_intrinsics
     from aquamvs_core.camera.refraction import RefractiveCamera
+    from aquamvs_core.camera.undistortion import build_undistortion_map, undistort_image
     from aquamvs_core.synthetic import SyntheticSurveyConfig, make_rig, make_terrain, render_view
     from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,7 +45,9 @@ _FOLD_SAMPLES = 20001
 # --------------------------------------------------------------------------------------------
 
 
-def _coeffs(dist_coeffs: ArrayLike | list[float], fisheye: bool, like: torch.Tensor) -> torch.Tensor:
+def coefficient_tensor(
+    dist_coeffs: ArrayLike | list[float], fisheye: bool, like: torch.Tensor
+) -> torch.Tensor:
     """Coefficients as a tensor on ``like``'s device/dtype: (4,) fisheye or (8,) pinhole (zero padded)."""
     if isinstance(dist_coeffs, torch.Tensor):
         c = dist_coeffs.detach().reshape(-1).to(device=like.device, dtype=like.dtype)
@@ -65,18 +66,18 @@ def _coeffs(dist_coeffs: ArrayLike | list[float], fisheye: bool, like: torch.Ten
 
 
 def _coeffs_np(dist_coeffs: ArrayLike | list[float], fisheye: bool) -> np.ndarray:
-    """Same as :func:`_coeffs` as a float64 numpy array."""
-    return _coeffs(dist_coeffs, fisheye, torch.empty(0, dtype=torch.float64)).numpy()
+    """Same as :func:`coefficient_tensor` as a float64 numpy array."""
+    return coefficient_tensor(dist_coeffs, fisheye, torch.empty(0, dtype=torch.float64)).numpy()
 
 
-def _check_points(x: torch.Tensor, what: str) -> None:
+def check_points(x: torch.Tensor, what: str) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point torch tensor")
     if x.ndim == 0 or x.shape[-1] != 2:
         raise ValueError(f"{what} must have shape (..., 2), got {tuple(x.shape)}")
 
 
-def _K_tensor(K: ArrayLike, like: torch.Tensor) -> torch.Tensor:
+def K_tensor(K: ArrayLike, like: torch.Tensor) -> torch.Tensor:
     if isinstance(K, torch.Tensor):
         return K.detach().reshape(3, 3).to(device=like.device, dtype=like.dtype)
     return torch.as_tensor(np.asarray(K, dtype=np.float64).reshape(3, 3)).to(
@@ -84,14 +85,14 @@ def _K_tensor(K: ArrayLike, like: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _pixels_to_normalized(pixels: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def pixels_to_normalized(pixels: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Invert ``u = fx x + s y + cx``, ``v = fy y + cy`` (upper-triangular K, skew ``s`` usually 0)."""
     y = (pixels[..., 1] - K[1, 2]) / K[1, 1]
     x = (pixels[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
     return torch.stack([x, y], dim=-1)
 
 
-def _normalized_to_pixels(xy: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+def normalized_to_pixels(xy: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     u = K[0, 0] * xy[..., 0] + K[0, 1] * xy[..., 1] + K[0, 2]
     v = K[1, 1] * xy[..., 1] + K[1, 2]
     return torch.stack([u, v], dim=-1)
@@ -105,7 +106,7 @@ def _fisheye_theta_d(theta: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor
     return theta * poly, dpoly
 
 
-def _pinhole_with_jacobian(
+def pinhole_with_jacobian(
     xy: torch.Tensor, k: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pinhole forward model with its analytic Jacobian.
@@ -184,7 +185,7 @@ def _fold_limit(coeffs: tuple[float, ...], fisheye: bool) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _work(x: torch.Tensor) -> torch.Tensor:
+def working_tensor(x: torch.Tensor) -> torch.Tensor:
     """``x`` in the working precision: float64, except on devices without it (MPS: float32).
 
     The models are a few dozen flops per point, so float64 costs next to nothing even on GPUs with
@@ -194,9 +195,9 @@ def _work(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32 if x.device.type == "mps" else torch.float64)
 
 
-def _distort(xy: torch.Tensor, k: torch.Tensor, fisheye: bool) -> torch.Tensor:
+def distort_with(xy: torch.Tensor, k: torch.Tensor, fisheye: bool) -> torch.Tensor:
     if not fisheye:
-        return _pinhole_with_jacobian(xy, k)[0]
+        return pinhole_with_jacobian(xy, k)[0]
     r = xy.norm(dim=-1)
     pos = r > 0
     r_safe = torch.where(pos, r, torch.ones_like(r))
@@ -209,11 +210,11 @@ def distort_normalized(xy: torch.Tensor, dist_coeffs: ArrayLike | list[float], f
     """Apply the lens model: ideal normalized coords (..., 2) → distorted normalized coords (..., 2).
 
     Exactly OpenCV's models (see the module docstring). Returns ``xy``'s device and dtype (computed
-    in float64, see :func:`_work`).
+    in float64, see :func:`working_tensor`).
     """
-    _check_points(xy, "xy")
-    xw = _work(xy)
-    return _distort(xw, _coeffs(dist_coeffs, fisheye, xw), fisheye).to(xy.dtype)
+    check_points(xy, "xy")
+    xw = working_tensor(xy)
+    return distort_with(xw, coefficient_tensor(dist_coeffs, fisheye, xw), fisheye).to(xy.dtype)
 
 
 def _tolerance(xy_d: torch.Tensor) -> torch.Tensor:
@@ -271,7 +272,7 @@ def _undistort_pinhole(
     """2-D Newton with the analytic Jacobian and a backtracking line search."""
     tol = _tolerance(xy_d)
     xy = xy_d.clone()
-    fx, jac, _ = _pinhole_with_jacobian(xy, k)
+    fx, jac, _ = pinhole_with_jacobian(xy, k)
     res = fx - xy_d
     err = res.norm(dim=-1)
     converged = err < tol
@@ -293,7 +294,7 @@ def _undistort_pinhole(
         new_xy, new_fx, new_jac, new_err = xy, fx, jac, err
         for _ in range(8):
             cand = xy - alpha.unsqueeze(-1) * step
-            c_fx, c_jac, _ = _pinhole_with_jacobian(cand, k)
+            c_fx, c_jac, _ = pinhole_with_jacobian(cand, k)
             c_err = (c_fx - xy_d).norm(dim=-1)
             accept = todo & torch.isfinite(c_err) & (c_err < err)
             new_xy = torch.where(accept.unsqueeze(-1), cand, new_xy)
@@ -310,7 +311,7 @@ def _undistort_pinhole(
         done = done | converged | stalled
         converged = converged | (err < tol)
     det = jac[..., 0, 0] * jac[..., 1, 1] - jac[..., 0, 1] * jac[..., 1, 0]
-    _, _, den = _pinhole_with_jacobian(xy, k)
+    _, _, den = pinhole_with_jacobian(xy, k)
     r = xy.norm(dim=-1)
     converged = converged & (err < tol) & (det > 0) & (den > 0) & (r < r_max)
     return xy, converged
@@ -333,9 +334,9 @@ def undistort_normalized(
             solution lies beyond the model's fold (non-invertible region, see :func:`fold_limit`),
             e.g. for a distorted point outside the range the lens model can produce.
     """
-    _check_points(xy_distorted, "xy_distorted")
-    xw = _work(xy_distorted)
-    k = _coeffs(dist_coeffs, fisheye, xw)
+    check_points(xy_distorted, "xy_distorted")
+    xw = working_tensor(xy_distorted)
+    k = coefficient_tensor(dist_coeffs, fisheye, xw)
     limit = fold_limit(dist_coeffs, fisheye)
     solve = _undistort_fisheye if fisheye else _undistort_pinhole
     xy, converged = solve(xw, k, limit, max_iter)
@@ -371,7 +372,7 @@ def undistorted_intrinsics(camera: CameraCalibration) -> np.ndarray:
     if np.any(d <= 0):
         raise ValueError(f"camera {camera.name!r}: principal point cx={cx} lies outside the image")
     edge = torch.tensor([[-0.5, cy], [width - 0.5, cy]], dtype=torch.float64)
-    xy_d = _pixels_to_normalized(edge, torch.as_tensor(K))
+    xy_d = pixels_to_normalized(edge, torch.as_tensor(K))
     xy, ok = undistort_normalized(xy_d, camera.dist_coeffs, fisheye=True)
     theta = torch.atan(xy.norm(dim=-1)).numpy()
     # An edge beyond the model's fold (no valid inverse) counts as being at the fold angle.
@@ -386,13 +387,13 @@ def distort_pixels(
 ) -> torch.Tensor:
     """Pixels (..., 2) of the undistorted image with intrinsics ``K_new`` → pixels (..., 2) of the
     original (distorted) image of ``camera``. ``K_new`` defaults to :func:`undistorted_intrinsics`."""
-    _check_points(pixels_undistorted, "pixels_undistorted")
+    check_points(pixels_undistorted, "pixels_undistorted")
     if K_new is None:
         K_new = undistorted_intrinsics(camera)
-    pix = _work(pixels_undistorted)
-    xy = _pixels_to_normalized(pix, _K_tensor(K_new, pix))
-    xy_d = _distort(xy, _coeffs(camera.dist_coeffs, camera.is_fisheye, xy), camera.is_fisheye)
-    return _normalized_to_pixels(xy_d, _K_tensor(camera.K, pix)).to(pixels_undistorted.dtype)
+    pix = working_tensor(pixels_undistorted)
+    xy = pixels_to_normalized(pix, K_tensor(K_new, pix))
+    xy_d = distort_with(xy, coefficient_tensor(camera.dist_coeffs, camera.is_fisheye, xy), camera.is_fisheye)
+    return normalized_to_pixels(xy_d, K_tensor(camera.K, pix)).to(pixels_undistorted.dtype)
 
 
 def undistort_pixels(
@@ -406,115 +407,10 @@ def undistort_pixels(
     Returns the pixels and the ``converged`` mask (...) of :func:`undistort_normalized`.
     ``K_new`` defaults to :func:`undistorted_intrinsics`.
     """
-    _check_points(pixels_distorted, "pixels_distorted")
+    check_points(pixels_distorted, "pixels_distorted")
     if K_new is None:
         K_new = undistorted_intrinsics(camera)
-    pix = _work(pixels_distorted)
-    xy_d = _pixels_to_normalized(pix, _K_tensor(camera.K, pix))
+    pix = working_tensor(pixels_distorted)
+    xy_d = pixels_to_normalized(pix, K_tensor(camera.K, pix))
     xy, converged = undistort_normalized(xy_d, camera.dist_coeffs, camera.is_fisheye, max_iter=max_iter)
-    return _normalized_to_pixels(xy, _K_tensor(K_new, pix)).to(pixels_distorted.dtype), converged
-
-
-# --------------------------------------------------------------------------------------------
-# Images
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class UndistortionMap:
-    """Resampling map from the original image to the undistorted image (same size).
-
-    Attributes:
-        K_new: (3, 3) float64 intrinsics of the undistorted image.
-        map_xy: (H, W, 2) float32; for every undistorted pixel centre ``(u, v)``, the source pixel
-            ``(u, v)`` in the original image (set to -1 where not finite).
-        valid: (H, W) bool; the source pixel lies inside the original image (pixel centres span
-            ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``) and the ray is within the model's invertible
-            range (not beyond the fold, see :func:`fold_limit`).
-    """
-
-    K_new: np.ndarray
-    map_xy: torch.Tensor
-    valid: torch.Tensor
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the undistorted (and original) image."""
-        return int(self.map_xy.shape[1]), int(self.map_xy.shape[0])
-
-
-def build_undistortion_map(
-    camera: CameraCalibration, K_new: ArrayLike | None = None, device: str | torch.device = "cpu"
-) -> UndistortionMap:
-    """Map every pixel centre of the undistorted image (intrinsics ``K_new``, default
-    :func:`undistorted_intrinsics`) to its source pixel in the original image.
-
-    Uses the forward model only (no iteration), computed in float64 (float32 on devices without
-    float64) and stored as float32, like ``cv2.initUndistortRectifyMap`` with ``R = I``.
-    """
-    if K_new is None:
-        K_new = undistorted_intrinsics(camera)
-    K_new = np.asarray(K_new.detach().cpu() if isinstance(K_new, torch.Tensor) else K_new, dtype=np.float64)
-    K_new = K_new.reshape(3, 3).copy()
-    device = torch.device(device)
-    dtype = _work(torch.empty(0, device=device)).dtype
-    width, height = camera.image_size
-    v, u = torch.meshgrid(
-        torch.arange(height, device=device, dtype=dtype),
-        torch.arange(width, device=device, dtype=dtype),
-        indexing="ij",
-    )
-    pix = torch.stack([u, v], dim=-1)
-    xy = _pixels_to_normalized(pix, _K_tensor(K_new, pix))
-    k = _coeffs(camera.dist_coeffs, camera.is_fisheye, xy)
-    limit = fold_limit(camera.dist_coeffs, camera.is_fisheye)
-    r = xy.norm(dim=-1)
-    if camera.is_fisheye:
-        xy_d = _distort(xy, k, fisheye=True)
-        unfolded = torch.atan(r) < limit
-    else:
-        xy_d, jac, den = _pinhole_with_jacobian(xy, k)
-        det = jac[..., 0, 0] * jac[..., 1, 1] - jac[..., 0, 1] * jac[..., 1, 0]
-        unfolded = (r < limit) & (den > 0) & (det > 0)
-    src = _normalized_to_pixels(xy_d, _K_tensor(camera.K, pix))
-    finite = torch.isfinite(src).all(dim=-1)
-    inside = (
-        (src[..., 0] >= -0.5)
-        & (src[..., 0] <= width - 0.5)
-        & (src[..., 1] >= -0.5)
-        & (src[..., 1] <= height - 0.5)
-    )
-    valid = finite & inside & unfolded
-    map_xy = torch.where(finite.unsqueeze(-1), src, torch.full_like(src, -1.0)).to(torch.float32)
-    return UndistortionMap(K_new=K_new, map_xy=map_xy, valid=valid)
-
-
-def undistort_image(image: ArrayLike, umap: UndistortionMap) -> np.ndarray:
-    """Resample ``image`` (H, W, 3) or (H, W) uint8 (numpy or torch) into the undistorted image.
-
-    Bilinear interpolation (``torch.nn.functional.grid_sample``) on the device of ``umap``. Inside
-    the original image (``umap.valid``) the source is sampled with edge replication, so the
-    half-pixel band along the image border is not darkened; every invalid pixel is 0.
-    Returns a numpy uint8 array of the same shape, rounded to nearest.
-    """
-    arr = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
-    if arr.dtype != torch.uint8 or arr.ndim not in (2, 3):
-        raise TypeError(f"image must be (H, W) or (H, W, C) uint8, got {tuple(arr.shape)} {arr.dtype}")
-    height, width = int(arr.shape[0]), int(arr.shape[1])
-    if (width, height) != umap.size:
-        raise ValueError(f"image size {(width, height)} differs from the map size {umap.size}")
-    device = umap.map_xy.device
-    src = arr.to(device=device, dtype=torch.float32)
-    src = src.unsqueeze(-1) if arr.ndim == 2 else src
-    src = src.permute(2, 0, 1).unsqueeze(0)  # (1, C, H, W)
-    grid = torch.empty_like(umap.map_xy)
-    grid[..., 0] = (2 * umap.map_xy[..., 0] + 1) / width - 1
-    grid[..., 1] = (2 * umap.map_xy[..., 1] + 1) / height - 1
-    out = torch.nn.functional.grid_sample(
-        src, grid.unsqueeze(0), mode="bilinear", padding_mode="border", align_corners=False
-    )[0].permute(1, 2, 0)
-    out = torch.where(umap.valid.unsqueeze(-1), out, torch.zeros_like(out))
-    out = torch.clamp(torch.floor(out + 0.5), 0, 255).to(torch.uint8)
-    if arr.ndim == 2:
-        out = out[..., 0]
-    return out.cpu().numpy()
+    return normalized_to_pixels(xy, K_tensor(K_new, pix)).to(pixels_distorted.dtype), converged

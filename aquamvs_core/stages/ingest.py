@@ -9,12 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from aquamvs_core.camera.calibration import Rig
-from aquamvs_core.camera.distortion import (
-    UndistortionMap,
-    build_undistortion_map,
-    undistort_image,
-    undistorted_intrinsics,
-)
+from aquamvs_core.camera.distortion import undistorted_intrinsics
+from aquamvs_core.camera.undistortion import UndistortionMap, build_undistortion_map, undistort_image
 
 
 @dataclass(frozen=True)

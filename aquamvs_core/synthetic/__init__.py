@@ -6,18 +6,22 @@ ground-truth heightfield (the bilinear interpolation of a grid), see :mod:`.rend
 
 * :mod:`.config` — :class:`SyntheticSurveyConfig` (all parameters, with defaults);
 * :mod:`.rig` — the rig layout (:func:`make_rig`);
-* :mod:`.terrain` — heightfield per frame and texture (:func:`make_terrain`, :class:`Terrain`);
-* :mod:`.render` — exact refractive ray tracing (:func:`render_view`, :func:`trace_pixels`);
+* :mod:`.terrain` — heightfield per frame (:func:`make_terrain`, :class:`Terrain`), with the
+  texture of :mod:`.texture` draped on it;
+* :mod:`.heightfield` — the bilinear ground-truth surface and exact ray intersection;
+* :mod:`.render` — exact refractive ray tracing and shading (:func:`render_view`, :func:`trace_pixels`);
 * :mod:`.ground_truth` — ``ground_truth.npz`` (:func:`load_ground_truth`);
+* :mod:`.ground_truth_views` — exact ground-truth depth maps of the cameras;
+* :mod:`.exact_matches` — exact dense correspondences between two cameras (for the RoMa pathway's tests);
 * :mod:`.generate` — :func:`generate_survey` writes calibration, videos, ground truth and survey.yaml.
 """
 
 from aquamvs_core.synthetic.config import GENERATOR_NAME, GENERATOR_VERSION, SyntheticSurveyConfig
 from aquamvs_core.synthetic.generate import SyntheticSurveyMismatch, generate_survey, read_config
 from aquamvs_core.synthetic.ground_truth import GroundTruth, load_ground_truth, save_ground_truth
+from aquamvs_core.synthetic.heightfield import Heightfield
 from aquamvs_core.synthetic.render import (
     CameraRays,
-    Heightfield,
     RayHits,
     RenderSettings,
     pixel_rays,

@@ -33,7 +33,8 @@ from aquamvs_core.survey import SurveySpec
 from aquamvs_core.survey.video_writer import write_video
 from aquamvs_core.synthetic.config import GENERATOR_NAME, SyntheticSurveyConfig
 from aquamvs_core.synthetic.ground_truth import save_ground_truth
-from aquamvs_core.synthetic.render import Heightfield, RenderSettings, render_frames
+from aquamvs_core.synthetic.heightfield import Heightfield
+from aquamvs_core.synthetic.render import RenderSettings, render_frames
 from aquamvs_core.synthetic.rig import make_rig
 from aquamvs_core.synthetic.terrain import make_terrain
 

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import CameraCalibration, Interface, Rig
-from aquamvs_core.camera.distortion import build_undistortion_map, distort_pixels, undistorted_intrinsics
+from aquamvs_core.camera.distortion import distort_pixels, undistorted_intrinsics
 from aquamvs_core.camera.sampling import pixel_grid
+from aquamvs_core.camera.undistortion import build_undistortion_map
 from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.synthetic.ground_truth import HeightGrid
 from aquamvs_core.synthetic.render import trace_pixels

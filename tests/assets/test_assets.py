@@ -27,7 +27,7 @@ from aquamvs_assets.project import PROJECT_ROOT, ensure_dagster_home
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.camera.distortion import build_undistortion_map, undistort_image
+from aquamvs_core.camera.undistortion import build_undistortion_map, undistort_image
 from aquamvs_core.stages.pairs import select_pairs
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import load_survey_spec

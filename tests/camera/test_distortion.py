@@ -11,16 +11,14 @@ import torch
 
 from aquamvs_core.camera.calibration import CameraCalibration
 from aquamvs_core.camera.distortion import (
-    UndistortionMap,
-    build_undistortion_map,
     distort_normalized,
     distort_pixels,
     fold_limit,
-    undistort_image,
     undistort_normalized,
     undistort_pixels,
     undistorted_intrinsics,
 )
+from aquamvs_core.camera.undistortion import UndistortionMap, build_undistortion_map, undistort_image
 
 W, H = 640, 480
 K = np.array([[560.0, 0.0, 321.7], [0.0, 557.5, 238.4], [0.0, 0.0, 1.0]])

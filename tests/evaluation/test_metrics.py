@@ -9,8 +9,9 @@ import open3d as o3d
 import pytest
 import torch
 
-from aquamvs_core.camera.distortion import build_undistortion_map, undistorted_intrinsics
+from aquamvs_core.camera.distortion import undistorted_intrinsics
 from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.camera.undistortion import build_undistortion_map
 from aquamvs_core.evaluation.metrics import (
     cell_points,
     cloud_errors,

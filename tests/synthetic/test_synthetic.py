@@ -43,7 +43,7 @@ from aquamvs_core.synthetic import (
     ring_center,
     trace_pixels,
 )
-from aquamvs_core.synthetic.terrain import make_texture
+from aquamvs_core.synthetic.texture import make_texture
 
 try:  # run from the repository root with tests/ as a package or as a plain folder
     from tests import geometry_reference as ref

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import CameraCalibration, Interface
-from aquamvs_core.camera.distortion import build_undistortion_map, undistort_image
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.camera.sampling import ArrayLike
+from aquamvs_core.camera.undistortion import build_undistortion_map, undistort_image
 from aquamvs_core.runtime import torch_threads
 from aquamvs_core.stages.depth_map import CameraDepth
 from aquamvs_core.stages.stereo.config import PlaneSweepConfig

@@ -172,7 +172,7 @@ def sweep_pair(
             arguments are ignored): prepare a view used in several pairs once.
         ref_cam, src_cam: refractive cameras of the undistorted images (``image_size`` set).
         ref_mask, src_mask: (H, W) bool validity of the undistorted images
-            (:attr:`~aquamvs_core.camera.distortion.UndistortionMap.valid`); None: all valid.
+            (:attr:`~aquamvs_core.camera.undistortion.UndistortionMap.valid`); None: all valid.
         config: parameters (default :class:`PlaneSweepConfig`).
         z_range: world-Z range to sweep (overrides the config; see :func:`resolve_z_range`).
         names: (ref, src) camera names stored in the result.

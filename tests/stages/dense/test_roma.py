@@ -246,7 +246,7 @@ def test_camera_depth_from_exact_warps_matches_ground_truth(roma_session, small_
             )
         )
     assert len(pair_depths) >= 2
-    from aquamvs_core.camera.distortion import build_undistortion_map
+    from aquamvs_core.camera.undistortion import build_undistortion_map
 
     mask = build_undistortion_map(rig[ref], undistorted_intrinsics(rig[ref])).valid
     combined = combine_warp_depths(pair_depths, cams[ref], mask, WarpDepthConfig())
