@@ -25,8 +25,6 @@ PATHWAYS = list(get_args(Pathway))
 #: The pathways the profile and benchmark commands run (RoMa needs its weights: not benchmarked here).
 SPARSE_PATHWAYS = [p for p in PATHWAYS if p != "roma"]
 
-log = logging.getLogger("aquamvs.cli")
-
 
 def _print_summary(survey_file: Path, home: Path, seconds: float) -> None:
     spec = load_survey_spec(survey_file)

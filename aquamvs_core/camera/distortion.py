@@ -402,7 +402,8 @@ def undistort_pixels(
     K_new: ArrayLike | None = None,
     max_iter: int = 50,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels (..., 2) of the original image → pixels (..., 2) of the undistorted image with ``K_new``.
+    """Pixels (..., 2) of the original image → pixels (..., 2) of the undistorted image with ``K_new``
+    (the inverse of :func:`distort_pixels`: e.g. for keypoints detected on an original image).
 
     Returns the pixels and the ``converged`` mask (...) of :func:`undistort_normalized`.
     ``K_new`` defaults to :func:`undistorted_intrinsics`.

@@ -307,3 +307,19 @@ def test_webserver_answers_graphql_with_assets_and_partitions(synthetic_survey_f
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_stage_registry_names_the_reconstruction_assets_and_jobs(synthetic_survey_file):
+    """One registry: the reconstruction assets, their products and the jobs all follow ``STAGES``."""
+    from aquamvs_assets.jobs import RECONSTRUCTION_JOBS
+    from aquamvs_core.steps import STAGES
+    from aquamvs_core.survey import Product
+
+    defs = build_definitions(synthetic_survey_file)
+    for stage in STAGES:
+        asset = defs.resolve_assets_def(stage.name)
+        is_pair = asset.partitions_def.__class__.__name__ == "MultiPartitionsDefinition"
+        assert is_pair == stage.per_pair, stage
+        assert Product(stage.name) is stage.product
+    assert [a for job in RECONSTRUCTION_JOBS for a in job.assets] == [s.name for s in STAGES]
+    assert all(len({s.per_pair for s in STAGES if s.name in job.assets}) == 1 for job in RECONSTRUCTION_JOBS)
