@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import get_args
 
 import dagster as dg
 
+from aquamvs_assets.assets.surface import QUALITY_CHECK
 from aquamvs_assets.project import DEMO_SURVEY_DIR, PROJECT_ROOT, ensure_dagster_home
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
 from aquamvs_assets.runner import ReconstructionRun, run_ingestion, run_reconstruction
@@ -71,6 +71,8 @@ def _print_run(run: ReconstructionRun) -> None:
         for line in run.bottlenecks(3):
             print(f"  - {line}")
     for evaluation in run.checks:
+        if evaluation.check_name != QUALITY_CHECK:
+            continue
         values = {k: v.value for k, v in evaluation.metadata.items()}
         verdict = "met" if evaluation.passed else "NOT met"
         print(f"quality vs ground truth ({verdict}): " + ", ".join(f"{k}={v}" for k, v in values.items()))
@@ -98,39 +100,50 @@ def _parse_frames(text: str | None) -> list[int] | None:
     return sorted(set(frames))
 
 
-def cmd_reconstruct(args: argparse.Namespace) -> int:
-    """``aquamvs reconstruct CALIBRATION INPUT_DIR OUT_DIR``: the whole pipeline through Dagster."""
-    import tempfile
+def _survey_name_for(out_dir: Path) -> str:
+    """The survey name of an ``aquamvs reconstruct`` output folder: its name (made key-safe) and a
+    hash of its path, so that two output folders never share asset keys in one instance and a
+    re-run into the same folder resumes it."""
+    import hashlib
+    import re
 
-    from aquamvs_core import steps as steps
-    from aquamvs_core.camera.calibration import load_calibration
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", out_dir.name).strip("-.") or "survey"
+    return f"{stem[:40]}-{hashlib.sha256(str(out_dir).encode()).hexdigest()[:8]}"
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """``aquamvs reconstruct CALIBRATION INPUT_DIR OUT_DIR``: the whole pipeline through Dagster.
+    Everything is validated before anything is written."""
+    from aquamvs_core import steps
     from aquamvs_core.config import build_config
     from aquamvs_core.store import SurveyStore
-    from aquamvs_core.survey import SurveySpec, discover_inputs
+    from aquamvs_core.survey import Survey, SurveySpec
 
     calibration = Path(args.calibration).resolve()
     inputs = Path(args.input_dir).resolve()
     out_dir = Path(args.out_dir).resolve()
-    rig = load_calibration(calibration)
-    discover_inputs(inputs, rig.camera_names)  # unknown or missing cameras: a clear error now
     build_config(args.preset, args.pathway, args.config)  # validate before any work
     roma = _roma_matcher(args) if args.pathway == "roma" else None
     if roma is not None:
         roma.settings().checkpoints.check()  # missing weights: a clear error before any work
     frames = _parse_frames(args.frames)
-    work = out_dir / ".aquamvs"
-    work.mkdir(parents=True, exist_ok=True)
     ground_truth = Path(args.ground_truth).resolve() if args.ground_truth else None
     if ground_truth and not ground_truth.is_file():
         raise SurveyError(f"--ground-truth: {ground_truth} not found")
+    work = out_dir / ".aquamvs"
     spec = SurveySpec(
-        name=inputs.name or "survey",
+        name=_survey_name_for(out_dir),
         calibration=calibration,
         inputs=inputs,
         store=str(work / "store.zarr"),
         ground_truth=ground_truth,
     )
-    survey_file = spec.to_yaml(work / "survey.yaml")
+    with Survey.open(spec) as survey:  # calibration, inputs and their frame counts: errors now
+        bad = [i for i in frames or [] if not 0 <= i < survey.num_frames]
+        if bad:
+            raise SurveyError(
+                f"--frames: {bad} are outside the survey's {survey.num_frames} frames ({inputs})"
+            )
     settings = ReconstructionSettings(
         profile=args.profile,
         preset=args.preset,
@@ -138,18 +151,27 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         config_file=str(Path(args.config).resolve()) if args.config else None,
     )
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="aquamvs-dagster-") as tmp:
-        home = ensure_dagster_home(args.dagster_home or os.environ.get("DAGSTER_HOME") or tmp)
-        instance = dg.DagsterInstance.from_config(str(home))
-        run = run_reconstruction(survey_file, instance, settings, frames, roma)
-        store = SurveyStore(spec.store, read_only=True)
-        for key in run.frame_keys:
-            for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
-                print(f"wrote {path}")
-        _print_run(run)
+    survey_file = spec.to_yaml(work / "survey.yaml")
+    home = ensure_dagster_home(args.dagster_home)
+    instance = dg.DagsterInstance.from_config(str(home))
+    run = run_reconstruction(
+        survey_file,
+        instance,
+        settings,
+        frames,
+        roma,
+        on_frame=lambda key, n, total: print(
+            f"frame {key} done ({n}/{total}, {time.perf_counter() - t0:.0f} s)"
+        ),
+    )
+    store = SurveyStore(spec.store, read_only=True)
+    for key in run.frame_keys:
+        for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
+            print(f"wrote {path}")
+    _print_run(run)
     print(
         f"reconstructed {len(run.frame_keys)} frame(s) in {time.perf_counter() - t0:.1f} s; "
-        f"store: {spec.store}"
+        f"store: {spec.store}; instance: {home}"
     )
     return 0
 
@@ -269,6 +291,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_location_add(args: argparse.Namespace) -> int:
+    """``aquamvs location add SURVEY.yaml``: one more rig (code location) in a workspace."""
+    from aquamvs_assets.workspace import add_survey_location
+
+    module = add_survey_location(args.survey, args.workspace)
+    name = load_survey_spec(args.survey).name
+    print(f"survey {name!r}: code location {module}\nlisted in {Path(args.workspace).resolve()}")
+    print(f"run: DAGSTER_HOME=<instance> dagster dev -w {args.workspace}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey
 
@@ -323,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--profile", action="store_true", help="profile every stage and print the bottlenecks")
     rec.add_argument("--ground-truth", help="ground_truth.npz of a synthetic survey: report accuracy")
-    rec.add_argument("--dagster-home", help="instance folder (default: $DAGSTER_HOME, else a temporary one)")
+    rec.add_argument(
+        "--dagster-home", help="instance folder (default: $DAGSTER_HOME, else <project>/.dagster_home)"
+    )
     _add_roma_weight_args(rec)
     rec.add_argument("--roma-device", default="auto", help="torch device for RoMa (default: CUDA if any)")
     rec.add_argument("--roma-coarse-res", type=int, default=560, help="RoMa matching resolution, px")
@@ -352,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="write the report (markdown) and the table (.csv) here")
     bench.add_argument("--dagster-home", help="instance used if the frame must be ingested first")
     bench.set_defaults(func=cmd_benchmark)
+
+    location = sub.add_parser("location", help="manage the code locations (one per rig) of a workspace")
+    location_sub = location.add_subparsers(dest="location_command", required=True)
+    add = location_sub.add_parser("add", help="add a survey as a code location of workspace.yaml")
+    add.add_argument("survey", help="survey YAML file")
+    add.add_argument(
+        "--workspace", default="workspace.yaml", help="workspace file (default: ./workspace.yaml)"
+    )
+    add.set_defaults(func=cmd_location_add)
 
     gen = sub.add_parser("generate", help="write a synthetic survey (calibration, videos, ground truth)")
     gen.add_argument("out_dir")

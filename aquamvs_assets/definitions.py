@@ -1,75 +1,81 @@
-"""The code location: ``defs`` for the survey named by ``$AQUAMVS_SURVEY`` (default: the built-in
-synthetic demo, generated on first load). Several rigs are several code locations, each a module
-that calls :func:`build_definitions` with its survey file."""
+"""Definitions of one survey (one rig, one code location): :func:`build_definitions`. Several rigs
+are several code locations in one ``workspace.yaml`` (see :mod:`aquamvs_assets.location` and the
+README's "Instance" section); each survey's asset keys and frame partitions carry its name, so
+they never collide. Building definitions reads the survey and calibration files and writes nothing.
+"""
 
 from __future__ import annotations
 
-import logging
+import os
 from pathlib import Path
 
 import dagster as dg
 
-from aquamvs_assets.assets.benchmarks import benchmark_summary, benchmark_tables
+from aquamvs_assets.assets.benchmarks import build_benchmark_assets
 from aquamvs_assets.assets.depth import build_depth_assets
-from aquamvs_assets.assets.ingestion import build_pair_geometry_asset, frames, survey_calibration
+from aquamvs_assets.assets.ingestion import build_ingestion_assets
 from aquamvs_assets.assets.sparse import build_sparse_assets
 from aquamvs_assets.assets.surface import build_surface_assets
-from aquamvs_assets.jobs import frames_job, ingest_job, reconstruction_jobs
-from aquamvs_assets.partitions import camera_pair_partitions, frame_pair_partitions
-from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
+from aquamvs_assets.jobs import build_jobs
+from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, SurveyResource, ZarrStoreResource
-from aquamvs_assets.sensors import new_frames_sensor
+from aquamvs_assets.sensors import build_sensors
 from aquamvs_core.camera.calibration import load_calibration
 from aquamvs_core.stages.pairs import select_pairs
-from aquamvs_core.survey import load_survey_spec
+from aquamvs_core.survey import SurveyError, load_survey_spec
 
-log = logging.getLogger("aquamvs.definitions")
+
+def survey_namespace(survey_file: str | Path) -> SurveyNamespace:
+    """The names (asset key prefix, frame partitions) of the survey defined by ``survey_file``."""
+    return SurveyNamespace(load_survey_spec(survey_file).name)
+
+
+#: Seconds between evaluations of the new-frames and automation sensors (environment override).
+SENSOR_INTERVAL_ENV = "AQUAMVS_SENSOR_INTERVAL_S"
 
 
 def build_definitions(
     survey_file: str | Path,
     reconstruction: ReconstructionSettings | None = None,
     roma: RomaMatcher | None = None,
+    sensor_interval_s: int | None = None,
 ) -> dg.Definitions:
-    """Definitions for one survey (one rig): its assets, jobs, sensor and resources.
+    """Definitions for one survey (one rig): its assets, jobs, sensors and resources.
 
-    ``reconstruction`` sets the default reconstruction configuration and ``roma`` the RoMa matcher's
-    (launchpad runs can change both).
+    Args:
+        survey_file: the survey YAML (:class:`aquamvs_core.survey.SurveySpec`).
+        reconstruction: the default reconstruction configuration (default: the survey file's
+            ``reconstruction`` section; launchpad runs can change it).
+        roma: the default RoMa matcher settings.
+        sensor_interval_s: how often the new-frames and automation sensors evaluate (default:
+            ``$AQUAMVS_SENSOR_INTERVAL_S``, else 30).
     """
     spec = load_survey_spec(survey_file)
+    if reconstruction is None:
+        try:
+            reconstruction = ReconstructionSettings(**spec.reconstruction)
+        except (ValueError, TypeError) as exc:
+            raise SurveyError(f"{survey_file}: reconstruction: {exc}") from None
+        reconstruction.config()  # an invalid preset or override names its field now
+    if sensor_interval_s is None:
+        sensor_interval_s = int(os.environ.get(SENSOR_INTERVAL_ENV, "30"))
+    ns = SurveyNamespace(spec.name)
     pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
-    pair_partitions = camera_pair_partitions(pairs)
-    frame_pairs = frame_pair_partitions(pair_partitions)
     return dg.Definitions(
         assets=[
-            survey_calibration,
-            frames,
-            build_pair_geometry_asset(pairs, pair_partitions),
-            *build_sparse_assets(pairs, frame_pairs),
-            *build_depth_assets(pairs, frame_pairs),
-            *build_surface_assets(spec.ground_truth),
-            benchmark_tables,
-            benchmark_summary,
+            *build_ingestion_assets(ns, pairs),
+            *build_sparse_assets(ns, pairs),
+            *build_depth_assets(ns, pairs),
+            *build_surface_assets(ns, spec.ground_truth, spec.quality_blocking),
+            *build_benchmark_assets(ns, pairs),
         ],
-        jobs=[ingest_job, frames_job, *reconstruction_jobs],
-        sensors=[new_frames_sensor],
+        jobs=build_jobs(ns),
+        sensors=build_sensors(ns, sensor_interval_s),
         resources={
             "survey": SurveyResource(survey_file=str(Path(survey_file).resolve())),
             "store": ZarrStoreResource(root=spec.store),
-            "reconstruction": reconstruction or ReconstructionSettings(),
+            "reconstruction": reconstruction,
             "roma": roma or RomaMatcher(),
         },
+        executor=dg.in_process_executor,
     )
-
-
-def _load_default() -> dg.Definitions:
-    survey_file = default_survey_file()
-    if not survey_file.exists() and survey_file.parent == DEMO_SURVEY_DIR:
-        from aquamvs_core.synthetic import generate_survey
-
-        log.warning("built-in demo survey not found: generating it in %s", DEMO_SURVEY_DIR)
-        generate_survey(DEMO_SURVEY_DIR)
-    return build_definitions(survey_file)
-
-
-defs = _load_default()

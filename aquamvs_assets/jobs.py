@@ -1,57 +1,51 @@
-"""Jobs: ingestion (calibration + frames) and the reconstruction jobs, built from the one registry
-of stages (:data:`aquamvs_core.steps.STAGES`). A Dagster job's assets share one partitioning, so
-consecutive stages with the same partitioning (frame, or frame × pair) form one job."""
+"""Jobs of one survey, built from the one registry of stages (:data:`aquamvs_core.steps.STAGES`).
+
+* ``calibration``: the calibration and the camera pairs' geometry (unpartitioned);
+* ``ingest_frames``: the undistorted frames (what the new-frames sensor requests);
+* ``reconstruct``: a frame's whole chain, from its frames to its mesh. Every asset of the chain is
+  partitioned by frame, so one run per frame materializes them all in one process.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import groupby
-
 import dagster as dg
 
+from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_core.steps import STAGES
 
-INGEST_JOB = "ingest"
-
-ingest_job = dg.define_asset_job(
-    INGEST_JOB,
-    selection=dg.AssetSelection.assets("survey_calibration", "frames"),
-    description="Register the calibration and ingest (decode, undistort, store) survey frames.",
-)
-
-frames_job = dg.define_asset_job(
-    "ingest_frames",
-    selection=dg.AssetSelection.assets("frames"),
-    description="Ingest survey frames only (the calibration is already in the store).",
-)
+CALIBRATION_JOB = "calibration"
+FRAMES_JOB = "ingest_frames"
+RECONSTRUCT_JOB = "reconstruct"
 
 
-@dataclass(frozen=True)
-class StageJob:
-    """A reconstruction job: consecutive stages that share a partitioning."""
-
-    name: str
-    assets: tuple[str, ...]
-    per_pair: bool  # partitioned by frame × pair
+def reconstruction_asset_keys(ns: SurveyNamespace) -> list[dg.AssetKey]:
+    """The frame-partitioned assets of the reconstruction chain, in data-flow order."""
+    return [ns.key("frames"), *(ns.key(stage.name) for stage in STAGES)]
 
 
-def _stage_jobs() -> list[StageJob]:
-    jobs = []
-    for per_pair, group in groupby(STAGES, key=lambda s: s.per_pair):
-        names = tuple(s.name for s in group)
-        suffix = names[0] if len(names) == 1 else f"{names[0]}_to_{names[-1]}"
-        jobs.append(StageJob(f"reconstruct_{suffix}", names, per_pair))
-    return jobs
-
-
-#: The reconstruction jobs in data-flow order.
-RECONSTRUCTION_JOBS: list[StageJob] = _stage_jobs()
-
-reconstruction_jobs = [
-    dg.define_asset_job(
-        job.name,
-        selection=dg.AssetSelection.assets(*job.assets),
-        description=f"Reconstruction: {', '.join(job.assets)}",
-    )
-    for job in RECONSTRUCTION_JOBS
-]
+def build_jobs(
+    ns: SurveyNamespace, extra_frame_assets: list[dg.AssetKey] | None = None
+) -> list[dg.UnresolvedAssetJobDefinition]:
+    """The survey's jobs; ``extra_frame_assets`` are frame-partitioned assets downstream of the mesh
+    that the ``reconstruct`` job also materializes."""
+    return [
+        dg.define_asset_job(
+            CALIBRATION_JOB,
+            selection=dg.AssetSelection.assets(ns.key("survey_calibration"), ns.key("camera_pair_geometry")),
+            description="Validate and store the calibration (undistorted intrinsics, validity masks) and "
+            "the camera pairs' geometry.",
+        ),
+        dg.define_asset_job(
+            FRAMES_JOB,
+            selection=dg.AssetSelection.assets(ns.key("frames")),
+            partitions_def=ns.frames,
+            description="Decode, undistort and store survey frames (the calibration must be stored).",
+        ),
+        dg.define_asset_job(
+            RECONSTRUCT_JOB,
+            selection=dg.AssetSelection.assets(*reconstruction_asset_keys(ns), *(extra_frame_assets or [])),
+            partitions_def=ns.frames,
+            description="A frame's whole chain: frames, sparse matches and cloud, pairwise and camera "
+            "depths, fused cloud, mesh.",
+        ),
+    ]

@@ -1,24 +1,35 @@
-"""Partitions: survey frames (dynamic), directed camera pairs (static per rig), and their product."""
+"""Partitions and names of one survey in the instance: its frames (dynamic partitions) and its asset
+keys, both prefixed with the survey's name so that several rigs share one instance without
+colliding.
+
+Every asset of the pipeline is partitioned by frame alone: a frame's camera pairs are handled
+inside its steps (see the README: a real rig has 48 directed pairs, and frame × pair partitions
+would pass Dagster's advised ~100 000 partitions per asset at about 2 000 frames).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import dagster as dg
 
-from aquamvs_core.stages.pairs import CameraPair
 
-FRAMES_PARTITION_NAME = "frames"
+@dataclass(frozen=True)
+class SurveyNamespace:
+    """The names a survey's definitions use: asset keys ``[<survey>, <asset>]`` and the dynamic
+    frame partitions ``<survey>__frames``, keyed ``f000123``
+    (:func:`aquamvs_core.survey.keys.frame_key`)."""
 
-#: Survey frames, keyed ``f000123`` (see :func:`aquamvs_core.survey.keys.frame_key`). Frames arrive over
-#: time; the ``new_frames_sensor`` and the CLI add them.
-frame_partitions = dg.DynamicPartitionsDefinition(name=FRAMES_PARTITION_NAME)
+    survey: str
+    frames: dg.DynamicPartitionsDefinition = field(init=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frames", dg.DynamicPartitionsDefinition(name=f"{self.survey}__frames"))
 
-def camera_pair_partitions(pairs: list[CameraPair]) -> dg.StaticPartitionsDefinition:
-    """Directed camera pairs of the rig, keyed ``"<ref>-<src>"``."""
-    return dg.StaticPartitionsDefinition([p.key for p in pairs])
+    @property
+    def prefix(self) -> list[str]:
+        return [self.survey]
 
-
-def frame_pair_partitions(pairs: dg.StaticPartitionsDefinition) -> dg.MultiPartitionsDefinition:
-    """Frame × pair, for per-pair depth assets. Dagster sorts dimensions by name, so keys read
-    ``"<frame>|<pair>"`` (e.g. ``"f000001|cam0-cam1"``)."""
-    return dg.MultiPartitionsDefinition({"frame": frame_partitions, "pair": pairs})
+    def key(self, asset: str) -> dg.AssetKey:
+        """The asset key of ``asset`` in this survey."""
+        return dg.AssetKey([self.survey, asset])

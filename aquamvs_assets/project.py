@@ -20,16 +20,33 @@ def default_survey_file() -> Path:
     return Path(env).expanduser().resolve() if env else DEMO_SURVEY_DIR / "survey.yaml"
 
 
-def ensure_dagster_home(home: str | os.PathLike | None = None) -> Path:
-    """Make ``home`` (default ``$DAGSTER_HOME`` or ``<project>/.dagster_home``) ready and export it.
+#: The embedded instance configuration (SQLite under $DAGSTER_HOME, run queue, GPU pool).
+INSTANCE_TEMPLATE = PROJECT_ROOT / "dagster.yaml"
 
-    The instance configuration is the project's ``dagster.yaml`` with its SQLite ``base_dir`` set
-    to this folder (written on every call, so it follows the project file).
+
+def ensure_dagster_home(home: str | os.PathLike | None = None) -> Path:
+    """Make ``home`` (default ``$DAGSTER_HOME``, else ``<project>/.dagster_home``) ready and export
+    it as ``$DAGSTER_HOME``.
+
+    An instance that already has a ``dagster.yaml`` (SQLite or a production PostgreSQL one) is used as
+    it is: the file is never written over. A new home gets the project's embedded ``dagster.yaml``
+    with its SQLite storage in that home.
     """
-    path = Path(home or os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
+    path = (
+        Path(home or os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").expanduser().resolve()
+    )
     path.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
-    config["storage"] = {"sqlite": {"base_dir": str(path)}}
-    (path / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    config = path / "dagster.yaml"
+    if not config.exists():
+        settings = yaml.safe_load(INSTANCE_TEMPLATE.read_text())
+        settings["storage"] = {"sqlite": {"base_dir": str(path)}}
+        tmp = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+        tmp.write_text(yaml.safe_dump(settings, sort_keys=False))
+        try:
+            os.link(tmp, config)  # atomic, and fails if another process created it meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
     os.environ["DAGSTER_HOME"] = str(path)
     return path

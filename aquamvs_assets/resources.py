@@ -11,6 +11,7 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
+from aquamvs_assets.run_health import worker_tags
 from aquamvs_core.camera.calibration import Rig, load_calibration
 from aquamvs_core.config import ReconstructionConfig, build_config
 from aquamvs_core.stages.dense.roma import (
@@ -43,6 +44,11 @@ class ZarrStoreResource(dg.ConfigurableResource):
     """The Zarr store root: a local path (default) or any fsspec URL (e.g. ``s3://bucket/survey``)."""
 
     root: str = Field(description="Store root: local path or fsspec URL.")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Record the process executing the run (see :mod:`aquamvs_assets.run_health`)."""
+        if context.instance is not None and context.run_id:
+            context.instance.add_run_tags(context.run_id, worker_tags())
 
     def get(self) -> SurveyStore:
         return SurveyStore(self.root)

@@ -1,43 +1,41 @@
-"""Launch asset jobs over frame (and frame × pair) partitions in-process, recording runs in an
-instance: the ingestion and the whole reconstruction of a survey's frames. Used by the CLI and the
-Python API; the Dagster UI and daemon do the same with backfills."""
+"""Launch a survey's jobs in-process, recording the runs in an instance: the calibration, then one run
+per frame (its whole chain). Used by the CLI and the Python API; the Dagster UI, sensors and the
+daemon launch the same jobs.
+
+Every step reuses the store products that are current (see :mod:`aquamvs_core.steps.common`), so a
+re-run after a finished or killed one redoes only what is missing or stale. A run whose process
+died (``kill -9``) stays "started" in the instance until
+:func:`~aquamvs_assets.run_health.reap_dead_runs` marks it failed.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
 from aquamvs_assets.definitions import build_definitions
-from aquamvs_assets.jobs import INGEST_JOB, RECONSTRUCTION_JOBS
-from aquamvs_assets.partitions import FRAMES_PARTITION_NAME
+from aquamvs_assets.jobs import CALIBRATION_JOB, FRAMES_JOB, RECONSTRUCT_JOB
+from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
-from aquamvs_core.survey import Survey, SurveyError, frame_key, frame_pair_key, load_survey_spec
+from aquamvs_assets.run_health import reap_dead_runs, worker_tags
+from aquamvs_assets.sensors import SURVEY_TAG
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Survey, SurveyError, frame_key, load_survey_spec
 
 log = logging.getLogger("aquamvs.cli")
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 
 
-def register_frames(instance: dg.DagsterInstance, keys: Sequence[str]) -> list[str]:
+def register_frames(instance: dg.DagsterInstance, ns: SurveyNamespace, keys: Sequence[str]) -> list[str]:
     """Add frame partitions that the instance does not have yet; returns the added keys."""
-    existing = set(instance.get_dynamic_partitions(FRAMES_PARTITION_NAME))
+    existing = set(instance.get_dynamic_partitions(ns.frames.name))
     new = [k for k in keys if k not in existing]
     if new:
-        instance.add_dynamic_partitions(FRAMES_PARTITION_NAME, new)
+        instance.add_dynamic_partitions(ns.frames.name, new)
     return new
-
-
-def _contiguous(instance: dg.DagsterInstance, keys: Sequence[str]) -> bool:
-    registered = instance.get_dynamic_partitions(FRAMES_PARTITION_NAME)
-    try:
-        i, j = registered.index(keys[0]), registered.index(keys[-1])
-    except ValueError:
-        return False
-    return registered[i : j + 1] == list(keys)
 
 
 def _root_cause(error) -> str:
@@ -47,37 +45,23 @@ def _root_cause(error) -> str:
     return error.message.strip()
 
 
-def run_stage(
-    job: dg.JobDefinition,
-    instance: dg.DagsterInstance,
-    frame_keys: Sequence[str],
-    pair_keys: Sequence[str] | None = None,
-) -> list[dg.ExecuteInProcessResult]:
-    """Materialize ``job`` for ``frame_keys`` (× all ``pair_keys`` for frame × pair assets) in as few
-    runs as possible: one run over the partition range when the frames are contiguous partitions
-    (a box over frame × pair), else one run per frame. Raises on a failed run."""
-    if not frame_keys:
-        raise ValueError("no frames to run")
-    if pair_keys:
-        first, last = pair_keys[0], pair_keys[-1]
-        ranges = [(frame_pair_key(frame_keys[0], first), frame_pair_key(frame_keys[-1], last))]
-        if not _contiguous(instance, frame_keys):
-            ranges = [(frame_pair_key(f, first), frame_pair_key(f, last)) for f in frame_keys]
-    elif _contiguous(instance, frame_keys):
-        ranges = [(frame_keys[0], frame_keys[-1])]
-    else:
-        ranges = [(f, f) for f in frame_keys]
-    results = []
-    for start, end in ranges:
-        log.info("%s: partitions %s … %s", job.name, start, end)
-        tags = {RANGE_START: start, RANGE_END: end}
-        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
-        if not result.success:
-            failure = next((e for e in result.all_events if e.is_step_failure), None)
-            reason = _root_cause(failure.event_specific_data.error) if failure else "see the run's logs"
-            raise RuntimeError(f"run {result.run_id} of {job.name} failed: {reason}")
-        results.append(result)
-    return results
+def run_job(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, partition_key: str | None, survey: str
+) -> dg.ExecuteInProcessResult:
+    """Execute ``job`` in this process for one partition (or none); raises on a failed run, with the
+    root cause of the first failed step."""
+    tags = {SURVEY_TAG: survey, **worker_tags()}
+    result = job.execute_in_process(
+        instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+    )
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        where = f"step {failure.step_key}" if failure else "a step"
+        reason = _root_cause(failure.event_specific_data.error) if failure else "see the run's logs"
+        raise RuntimeError(
+            f"run {result.run_id} of {job.name} ({partition_key or 'all'}) failed in {where}: {reason}"
+        )
+    return result
 
 
 def frame_keys(survey_file: Path, frames: list[int] | None) -> list[str]:
@@ -93,20 +77,38 @@ def frame_keys(survey_file: Path, frames: list[int] | None) -> list[str]:
     return [frame_key(i) for i in indices]
 
 
+def _ensure_calibration(defs: dg.Definitions, instance: dg.DagsterInstance, survey_file: Path) -> None:
+    """Materialize the calibration unless the store already holds this calibration."""
+    spec = load_survey_spec(survey_file)
+    from aquamvs_core.camera.calibration import load_calibration
+
+    current = load_calibration(spec.calibration).content_hash
+    store = SurveyStore(spec.store, survey=spec.name)
+    if store.has_calibration() and store.read_calibration()["calibration_hash"] == current:
+        return
+    run_job(defs.resolve_job_def(CALIBRATION_JOB), instance, None, spec.name)
+
+
 def run_ingestion(
     survey_file: Path, instance: dg.DagsterInstance, frames: list[int] | None = None
 ) -> list[dg.ExecuteInProcessResult]:
-    """Register the survey's frames as partitions and materialize the ingestion job over them."""
+    """Register the survey's frames as partitions and ingest them (one run per frame)."""
     keys = frame_keys(survey_file, frames)
-    added = register_frames(instance, keys)
+    defs = build_definitions(survey_file)
+    ns = SurveyNamespace(load_survey_spec(survey_file).name)
+    reap_dead_runs(instance)
+    added = register_frames(instance, ns, keys)
     log.info("frames: %d selected, %d newly registered as partitions", len(keys), len(added))
-    return run_stage(build_definitions(survey_file).resolve_job_def(INGEST_JOB), instance, keys)
+    _ensure_calibration(defs, instance, survey_file)
+    job = defs.resolve_job_def(FRAMES_JOB)
+    return [run_job(job, instance, key, ns.survey) for key in keys]
 
 
 @dataclass
 class StageProfileRow:
     """One asset's profile in a run (``profile: true``): seconds and MB."""
 
+    frame: str
     asset: str
     wall_s: float
     cpu_s: float
@@ -123,12 +125,18 @@ class ReconstructionRun:
     profiles: list[StageProfileRow] = field(default_factory=list)
 
     def bottlenecks(self, n: int = 3) -> list[str]:
-        """The ``n`` slowest profiled assets, as sentences."""
-        total = sum(p.wall_s for p in self.profiles) or 1.0
+        """The ``n`` slowest profiled assets (summed over frames), as sentences."""
+        per_asset: dict[str, list[float]] = {}
+        for p in self.profiles:
+            row = per_asset.setdefault(p.asset, [0.0, 0.0, 0.0])
+            row[0] += p.wall_s
+            row[1] += p.cpu_s
+            row[2] = max(row[2], p.peak_rss_mb)
+        total = sum(r[0] for r in per_asset.values()) or 1.0
         return [
-            f"{p.asset}: {p.wall_s:.2f} s ({100 * p.wall_s / total:.0f} % of the time), CPU {p.cpu_s:.2f} s, "
-            f"peak RSS {p.peak_rss_mb:.0f} MB"
-            for p in sorted(self.profiles, key=lambda p: -p.wall_s)[:n]
+            f"{asset}: {wall:.2f} s ({100 * wall / total:.0f} % of the time), CPU {cpu:.2f} s, "
+            f"peak RSS {rss:.0f} MB"
+            for asset, (wall, cpu, rss) in sorted(per_asset.items(), key=lambda kv: -kv[1][0])[:n]
         ]
 
 
@@ -138,35 +146,35 @@ def run_reconstruction(
     settings: ReconstructionSettings,
     frames: list[int] | None = None,
     roma: RomaMatcher | None = None,
+    on_frame: Callable[[str, int, int], None] | None = None,
 ) -> ReconstructionRun:
-    """Ingest the frames, then materialize every reconstruction job for them."""
+    """Store the calibration if needed, then run each frame's whole chain (one run per frame).
+    ``on_frame(frame, done, total)`` is called after each frame."""
     keys = frame_keys(survey_file, frames)
-    register_frames(instance, keys)
     defs = build_definitions(survey_file, settings, roma)
-    pair_keys = (
-        defs.resolve_assets_def("sparse_matches")
-        .partitions_def.get_partitions_def_for_dimension("pair")
-        .get_partition_keys()
-    )
-    run_stage(defs.resolve_job_def(INGEST_JOB), instance, keys)
+    ns = SurveyNamespace(load_survey_spec(survey_file).name)
+    reap_dead_runs(instance)
+    register_frames(instance, ns, keys)
+    _ensure_calibration(defs, instance, survey_file)
+    job = defs.resolve_job_def(RECONSTRUCT_JOB)
     outcome = ReconstructionRun(keys)
-    for n, job in enumerate(RECONSTRUCTION_JOBS, start=1):
-        log.info("stage %d/%d: %s", n, len(RECONSTRUCTION_JOBS), ", ".join(job.assets))
-        results = run_stage(
-            defs.resolve_job_def(job.name), instance, keys, pair_keys if job.per_pair else None
-        )
-        for result in results:
-            outcome.checks += result.get_asset_check_evaluations()
-            for asset in job.assets:
-                for event in result.asset_materializations_for_node(asset):
-                    meta = event.metadata
-                    if "profile_wall_s" in meta:
-                        outcome.profiles.append(
-                            StageProfileRow(
-                                asset,
-                                meta["profile_wall_s"].value,
-                                meta["profile_cpu_s"].value,
-                                meta["profile_peak_rss_mb"].value,
-                            )
-                        )
+    for n, key in enumerate(keys, start=1):
+        log.info("frame %s (%d/%d)", key, n, len(keys))
+        result = run_job(job, instance, key, ns.survey)
+        outcome.checks += result.get_asset_check_evaluations()
+        for event in result.get_asset_materialization_events():
+            materialization = event.event_specific_data.materialization
+            meta = materialization.metadata
+            if "profile_wall_s" in meta:
+                outcome.profiles.append(
+                    StageProfileRow(
+                        key,
+                        materialization.asset_key.path[-1],
+                        meta["profile_wall_s"].value,
+                        meta["profile_cpu_s"].value,
+                        meta["profile_peak_rss_mb"].value,
+                    )
+                )
+        if on_frame is not None:
+            on_frame(key, n, len(keys))
     return outcome

@@ -10,9 +10,12 @@ import open3d as o3d
 import pytest
 import yaml
 
+from aquamvs_assets.cli import _survey_name_for
 from aquamvs_assets.cli import main as cli_main
 from aquamvs_core.config import ConfigError, build_config
 from aquamvs_core.evaluation.metrics import mesh_metrics, reconstruction_metrics
+from aquamvs_core.store import SurveyStore
+from aquamvs_core.survey import Product, product_path
 from aquamvs_core.survey.video import VideoSource
 from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey, load_ground_truth
 
@@ -93,12 +96,24 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
 
     # Every asset was materialized through Dagster for the frame, and the quality check ran.
     instance = dg.DagsterInstance.from_config(str(home))
-    for key in ("frames", "sparse_cloud", "camera_depths", "fused_cloud", "mesh"):
-        assert instance.get_materialized_partitions(dg.AssetKey(key)) == {"f000000"}, key
-    pair_parts = instance.get_materialized_partitions(dg.AssetKey("pairwise_depths"))
-    assert len(pair_parts) == 4 * (3 + 1)  # 4 ring cameras × (3 neighbours + the auxiliary)
+    survey_name = _survey_name_for(out)
+    keys = (
+        "frames",
+        "sparse_matches",
+        "sparse_cloud",
+        "pairwise_depths",
+        "camera_depths",
+        "fused_cloud",
+        "mesh",
+    )
+    for key in keys:
+        assert instance.get_materialized_partitions(dg.AssetKey([survey_name, key])) == {"f000000"}, key
+    store = SurveyStore(out / ".aquamvs" / "store.zarr", read_only=True)
+    pairs = store.list_products(product_path(Product.PAIRWISE_DEPTHS, "f000000"))
+    assert len(pairs) == 4 * (3 + 1)  # 4 ring cameras × (3 neighbours + the auxiliary)
     assert all(run.is_success for run in instance.get_runs())
-    assert len(instance.get_runs()) == 5  # ingest + 4 reconstruction stages, each one run
+    jobs = sorted(r.job_name for r in instance.get_runs())
+    assert jobs == ["calibration", "reconstruct"]  # the calibration once, then one run per frame
 
 
 @pytest.mark.parametrize(

@@ -1,125 +1,21 @@
-"""Ingestion assets: the survey calibration, the undistorted frames (with the ``frames_complete``
-check) and each camera pair's geometry."""
+"""Ingestion assets of one survey: the calibration, the undistorted frames (with the
+``frames_complete`` check against the inputs) and the camera pairs' geometry."""
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
-from aquamvs_assets.metadata import png
-from aquamvs_assets.partitions import frame_partitions
+from aquamvs_assets.metadata import png, table
+from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_core.preview import mosaic
 from aquamvs_core.stages.ingest import Undistorter
-from aquamvs_core.stages.pairs import CameraPair, pair_geometry, select_pairs
-from aquamvs_core.steps import ingest_frames, write_calibration
+from aquamvs_core.stages.pairs import CameraPair, pair_geometry
+from aquamvs_core.steps import CODE_VERSIONS, ingest_frames, verify_frames, write_calibration
 from aquamvs_core.survey import frame_index
 
+GROUP = "ingestion"
 FRAMES_CHECK = "frames_complete"
-
-
-@dg.asset(
-    group_name="ingestion",
-    kinds={"zarr"},
-    description="The validated AquaCal calibration, undistorted intrinsics and per-camera validity "
-    "masks, written to the store. Its data version is the calibration's content hash.",
-)
-def survey_calibration(
-    context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
-) -> dg.MaterializeResult:
-    spec = survey.spec()
-    rig = survey.rig()
-    undistorter = Undistorter.for_rig(rig)
-    write_calibration(store.get(), rig, undistorter)
-    pairs = select_pairs(rig, spec.pair_neighbours)
-    masks = undistorter.valid_masks
-    context.log.info(f"calibration {rig.short_hash}: {len(rig.cameras)} cameras, {len(pairs)} pairs")
-    w, h = rig.image_size
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(rig.content_hash),
-        metadata={
-            "calibration_hash": rig.content_hash,
-            "source": dg.MetadataValue.path(rig.source),
-            "cameras": len(rig.cameras),
-            "auxiliary_cameras": dg.MetadataValue.json(rig.auxiliary_names),
-            "image_size": f"{w}x{h}",
-            "water_z_m": rig.interface.water_z,
-            "n_water": rig.interface.n_water,
-            "camera_pairs": len(pairs),
-            "valid_fraction": dg.MetadataValue.json({n: round(float(m.mean()), 4) for n, m in masks.items()}),
-            "store": store.root,
-        },
-    )
-
-
-@dg.asset(
-    partitions_def=frame_partitions,
-    deps=[survey_calibration],
-    group_name="ingestion",
-    kinds={"zarr"},
-    code_version="1",
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=16),
-    check_specs=[
-        dg.AssetCheckSpec(
-            FRAMES_CHECK,
-            asset="frames",
-            description="Every camera's image was "
-            "written completely, with the expected size and calibration hash.",
-        )
-    ],
-    description="Undistorted RGB frames of every camera, one Zarr group per survey frame.",
-)
-def frames(
-    context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
-) -> dg.MaterializeResult:
-    survey_store = store.get()
-    keys = context.partition_keys
-    with survey.open() as sv:
-        stored = survey_store.read_calibration() if survey_store.has_calibration() else None
-        if stored is None or stored.get("calibration_hash") != sv.rig.content_hash:
-            raise dg.Failure(
-                f"the store at {store.root} holds no calibration matching {sv.rig.source} "
-                f"(hash {sv.rig.short_hash}); materialize survey_calibration first"
-            )
-        records = ingest_frames(
-            sv,
-            survey_store,
-            [frame_index(k) for k in keys],
-            on_frame=lambda r, n, total: context.log.info(
-                f"frame {r.key}: {len(r.cameras)} cameras undistorted and stored "
-                f"({n}/{total}, {r.seconds:.2f} s)"
-            ),
-        )
-        w, h = sv.rig.image_size
-        expected = set(sv.rig.camera_names)
-        problems = []
-        for r in records:
-            attrs = survey_store.frame_attrs(r.key)
-            images = survey_store.read_frame(r.key)
-            if set(images) != expected:
-                problems.append(f"{r.key}: cameras {sorted(images)} != {sorted(expected)}")
-            bad = [c for c, im in images.items() if im.shape != (h, w, 3)]
-            if bad:
-                problems.append(f"{r.key}: wrong image shape for {bad}")
-            if attrs.get("calibration_hash") != sv.rig.content_hash:
-                problems.append(f"{r.key}: calibration hash mismatch")
-        preview = png(mosaic(images, tile_width=160), f"frame {records[-1].key}")
-    return dg.MaterializeResult(
-        metadata={
-            "frames": dg.MetadataValue.json([r.key for r in records]),
-            "cameras": len(expected),
-            "image_size": f"{w}x{h}",
-            "seconds_per_frame": round(sum(r.seconds for r in records) / len(records), 3),
-            "calibration_hash": sv.rig.content_hash,
-            "store_path": f"{store.root}/frames/{records[-1].key}",
-            "preview": preview,
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=FRAMES_CHECK,
-                passed=not problems,
-                metadata={"problems": dg.MetadataValue.json(problems), "frames_checked": len(records)},
-            )
-        ],
-    )
 
 
 class PairGeometryConfig(dg.Config):
@@ -130,16 +26,109 @@ class PairGeometryConfig(dg.Config):
     )
 
 
-def build_pair_geometry_asset(
-    pairs: list[CameraPair], partitions_def: dg.StaticPartitionsDefinition
-) -> dg.AssetsDefinition:
-    """The ``camera_pair_geometry`` asset for one rig's pairs."""
-    by_key = {p.key: p for p in pairs}
+def build_ingestion_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list[dg.AssetsDefinition]:
+    """``survey_calibration``, ``frames`` [frame] and ``camera_pair_geometry`` of one survey."""
 
     @dg.asset(
-        partitions_def=partitions_def,
+        key=ns.key("survey_calibration"),
+        group_name=GROUP,
+        kinds={"zarr"},
+        description="The validated AquaCal calibration, undistorted intrinsics and per-camera validity "
+        "masks, written to the store. Its data version is the calibration's content hash.",
+    )
+    def survey_calibration(
+        context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
+    ) -> dg.MaterializeResult:
+        rig = survey.rig()
+        undistorter = Undistorter.for_rig(rig)
+        write_calibration(store.get(), rig, undistorter)
+        masks = undistorter.valid_masks
+        context.log.info(f"calibration {rig.short_hash}: {len(rig.cameras)} cameras, {len(pairs)} pairs")
+        w, h = rig.image_size
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(rig.content_hash),
+            metadata={
+                "calibration_hash": rig.content_hash,
+                "source": dg.MetadataValue.path(rig.source),
+                "cameras": len(rig.cameras),
+                "auxiliary_cameras": dg.MetadataValue.json(rig.auxiliary_names),
+                "image_size": f"{w}x{h}",
+                "water_z_m": rig.interface.water_z,
+                "n_water": rig.interface.n_water,
+                "camera_pairs": len(pairs),
+                "valid_fraction": dg.MetadataValue.json(
+                    {n: round(float(m.mean()), 4) for n, m in masks.items()}
+                ),
+                "store": store.root,
+            },
+        )
+
+    @dg.asset(
+        key=ns.key("frames"),
+        partitions_def=ns.frames,
         deps=[survey_calibration],
-        group_name="ingestion",
+        group_name=GROUP,
+        kinds={"zarr"},
+        code_version=CODE_VERSIONS["frames"],
+        check_specs=[
+            dg.AssetCheckSpec(
+                FRAMES_CHECK,
+                asset=ns.key("frames"),
+                partitions_def=ns.frames,
+                description="Checked against the inputs, with fresh decoders: the frame exists in every "
+                "camera's input, its decoded images hash to what was ingested, and the stored images "
+                "have the rig's cameras, size and calibration.",
+            )
+        ],
+        description="Undistorted RGB frames of every camera, one Zarr group per survey frame.",
+    )
+    def frames(
+        context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
+    ) -> dg.MaterializeResult:
+        survey_store = store.get()
+        key = context.partition_key
+        spec = survey.spec()
+        with survey.open() as sv:
+            stored = survey_store.read_calibration() if survey_store.has_calibration() else None
+            if stored is None or stored.get("calibration_hash") != sv.rig.content_hash:
+                raise dg.Failure(
+                    f"the store at {store.root} holds no calibration matching {sv.rig.source} "
+                    f"(hash {sv.rig.short_hash}); materialize survey_calibration first"
+                )
+            (record,) = ingest_frames(sv, survey_store, [frame_index(key)])
+        context.log.info(
+            f"frame {key}: {len(record.cameras)} cameras "
+            f"{'already stored' if record.reused else 'undistorted and stored'} ({record.seconds:.2f} s)"
+        )
+        problems = verify_frames(spec, survey_store, [record.index])[key]
+        images = survey_store.read_frame(key)
+        w, h = next(iter(images.values())).shape[1::-1]
+        attrs = survey_store.frame_attrs(key)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(attrs["fingerprint"]),
+            metadata={
+                "cameras": len(images),
+                "image_size": f"{w}x{h}",
+                "seconds": round(record.seconds, 3),
+                "reused": record.reused,
+                "source_hash": record.source_hash,
+                "calibration_hash": attrs["calibration_hash"],
+                "store_path": f"{store.root}/frames/{key}",
+                "preview": png(mosaic(images, tile_width=160), f"frame {key}"),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=FRAMES_CHECK,
+                    passed=not problems,
+                    metadata={"problems": dg.MetadataValue.json(problems)},
+                )
+            ],
+        )
+
+    @dg.asset(
+        key=ns.key("camera_pair_geometry"),
+        deps=[survey_calibration],
+        group_name=GROUP,
         kinds={"zarr"},
         description="Baseline and overlap through the water of each directed stereo pair (ref-src).",
     )
@@ -151,22 +140,17 @@ def build_pair_geometry_asset(
         Ks = survey_store.read_undistorted_K()
         bottom_z = rig.interface.water_z + config.water_depth_m
         rows = []
-        for key in context.partition_keys:
-            geometry = pair_geometry(rig, by_key[key], bottom_z, Ks)
-            survey_store.write_pair_geometry(key, geometry)
-            rows.append(geometry)
-            context.log.info(
-                f"pair {key}: baseline {geometry['baseline_m']:.3f} m, overlap {geometry['overlap']:.2f}"
-            )
-        first = rows[0]
+        for pair in pairs:
+            geometry = pair_geometry(rig, pair, bottom_z, Ks)
+            survey_store.write_pair_geometry(pair.key, geometry)
+            rows.append({k: geometry[k] for k in ("ref", "src", "baseline_m", "overlap")})
+        context.log.info(f"{len(rows)} pairs at {bottom_z:.3f} m")
         return dg.MaterializeResult(
             metadata={
-                "baseline_m": first["baseline_m"],
-                "overlap": first["overlap"],
-                "pairs": len(rows),
+                "pairs": table(pd.DataFrame(rows)),
                 "bottom_z_m": bottom_z,
                 "calibration_hash": rig.content_hash,
             }
         )
 
-    return camera_pair_geometry
+    return [survey_calibration, frames, camera_pair_geometry]

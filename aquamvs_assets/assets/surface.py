@@ -1,30 +1,38 @@
-"""Surface assets: ``fused_cloud`` [frame] → ``mesh`` [frame], with the ground-truth quality check
-(``reconstruction_quality``) when the survey has a ground truth. Each calls one step of
-:mod:`aquamvs_core.steps.surface`."""
+"""Surface assets of one survey, per frame: ``fused_cloud`` → ``mesh``, with the ground-truth
+quality check (``reconstruction_quality``) when the survey has a ground truth. Each calls one step
+of :mod:`aquamvs_core.steps.surface`."""
 
 from pathlib import Path
 
 import dagster as dg
 
-from aquamvs_assets.assets.sparse import GROUP, frames_of
+from aquamvs_assets.assets.sparse import GROUP
 from aquamvs_assets.metadata import png, profiled
-from aquamvs_assets.partitions import frame_partitions
+from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import ReconstructionSettings, ZarrStoreResource
 from aquamvs_core import steps
 from aquamvs_core.evaluation.quality import quality_report
 from aquamvs_core.preview import height_map_preview
+from aquamvs_core.survey import Product
 
 QUALITY_CHECK = "reconstruction_quality"
+#: A blocking quality check fails as an error, a non-blocking one as a warning.
+SEVERITY = {True: dg.AssetCheckSeverity.ERROR, False: dg.AssetCheckSeverity.WARN}
 
 
-def build_surface_assets(ground_truth: Path | None) -> list[dg.AssetsDefinition]:
-    """``fused_cloud`` and ``mesh`` (with the quality check when ``ground_truth`` is given)."""
+def build_surface_assets(
+    ns: SurveyNamespace, ground_truth: Path | None, quality_blocking: bool = False
+) -> list[dg.AssetsDefinition]:
+    """``fused_cloud`` and ``mesh`` of one survey; with ``ground_truth``, the mesh carries the quality
+    check, which blocks the mesh's downstream assets in the same run when ``quality_blocking``."""
 
     @dg.asset(
-        partitions_def=frame_partitions,
-        deps=["camera_depths"],
+        key=ns.key("fused_cloud"),
+        partitions_def=ns.frames,
+        deps=[ns.key("camera_depths")],
         group_name=GROUP,
         kinds={"zarr", "open3d"},
+        code_version=steps.CODE_VERSIONS[Product.FUSED_CLOUD],
         automation_condition=dg.AutomationCondition.eager(),
         description="Fused point cloud: 3-D consistency across cameras, merged, de-duplicated, "
         "outliers removed, with normals and colours.",
@@ -32,12 +40,12 @@ def build_surface_assets(ground_truth: Path | None) -> list[dg.AssetsDefinition]
     def fused_cloud(
         context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
-        survey_store, config = store.get(), reconstruction.config()
+        survey_store, config, frame = store.get(), reconstruction.config(), context.partition_key
         with profiled(context, reconstruction.profile) as profile:
-            for frame in frames_of(context):
-                cloud = steps.fused_cloud_step(survey_store, frame, config)
-                context.log.info(f"{frame}: {len(cloud)} fused points {cloud.stats}")
+            cloud = steps.fused_cloud_step(survey_store, frame, config)
+            context.log.info(f"{frame}: {len(cloud)} fused points {cloud.stats}")
         return dg.MaterializeResult(
+            data_version=dg.DataVersion(steps.data_version(survey_store, Product.FUSED_CLOUD, frame)),
             metadata={
                 **profile,
                 "points": len(cloud),
@@ -49,16 +57,23 @@ def build_surface_assets(ground_truth: Path | None) -> list[dg.AssetsDefinition]
                 if len(cloud)
                 else None,
                 "preview": png(height_map_preview(cloud.points, cloud.colors), "fused cloud"),
-            }
+            },
         )
 
     check_specs = (
         [
             dg.AssetCheckSpec(
                 QUALITY_CHECK,
-                asset="mesh",
-                description="Fused cloud and mesh against the "
-                "survey's ground-truth heightfield (median/p90 error, outliers, completeness).",
+                asset=ns.key("mesh"),
+                partitions_def=ns.frames,  # one verdict per frame
+                blocking=quality_blocking,
+                description="Fused cloud and mesh against the survey's ground-truth heightfield "
+                "(median/p90 error, outliers, completeness)"
+                + (
+                    "; blocking: a failure skips the assets downstream of the mesh"
+                    if quality_blocking
+                    else ""
+                ),
             )
         ]
         if ground_truth
@@ -66,47 +81,42 @@ def build_surface_assets(ground_truth: Path | None) -> list[dg.AssetsDefinition]
     )
 
     @dg.asset(
-        partitions_def=frame_partitions,
+        key=ns.key("mesh"),
+        partitions_def=ns.frames,
         deps=[fused_cloud],
         group_name=GROUP,
         kinds={"zarr", "open3d"},
         check_specs=check_specs,
+        code_version=steps.CODE_VERSIONS[Product.MESH],
         automation_condition=dg.AutomationCondition.eager(),
         description="Surface mesh of the bed (heightfield, Poisson or ball pivoting) coloured from the "
         "best view that sees each vertex through the water.",
     )
     def mesh(
-        context: dg.AssetExecutionContext,
-        store: ZarrStoreResource,
-        reconstruction: ReconstructionSettings,
+        context: dg.AssetExecutionContext, store: ZarrStoreResource, reconstruction: ReconstructionSettings
     ) -> dg.MaterializeResult:
-        survey_store, config = store.get(), reconstruction.config()
-        check_results = []
+        survey_store, config, frame = store.get(), reconstruction.config(), context.partition_key
         with profiled(context, reconstruction.profile) as profile:
-            for frame in frames_of(context):
-                result = steps.mesh_step(survey_store, frame, config)
-                context.log.info(
-                    f"{frame}: {len(result.vertices)} vertices, {len(result.triangles)} triangles"
+            result = steps.mesh_step(survey_store, frame, config)
+            context.log.info(f"{frame}: {len(result.vertices)} vertices, {len(result.triangles)} triangles")
+            if reconstruction.export_dir:
+                for path in steps.export_frame(
+                    survey_store, frame, reconstruction.export_dir, reconstruction.export_formats
+                ):
+                    context.log.info(f"exported {path}")
+            check_results = []
+            if ground_truth:
+                report = quality_report(survey_store, frame, ground_truth, config)
+                check_results.append(
+                    dg.AssetCheckResult(
+                        check_name=QUALITY_CHECK,
+                        passed=report["passed"],
+                        severity=SEVERITY[quality_blocking],
+                        metadata={k: v for k, v in report.items() if k != "passed" and v is not None},
+                    )
                 )
-                for fmt in reconstruction.export_formats:
-                    path = (
-                        steps.export_frame(survey_store, frame, reconstruction.export_dir, [fmt])[-1]
-                        if reconstruction.export_dir
-                        else None
-                    )
-                    if path:
-                        context.log.info(f"exported {path}")
-                if ground_truth:
-                    report = quality_report(survey_store, frame, ground_truth, config)
-                    check_results.append(
-                        dg.AssetCheckResult(
-                            check_name=QUALITY_CHECK,
-                            passed=report["passed"],
-                            severity=dg.AssetCheckSeverity.WARN,
-                            metadata={k: v for k, v in report.items() if k != "passed" and v is not None},
-                        )
-                    )
         return dg.MaterializeResult(
+            data_version=dg.DataVersion(steps.data_version(survey_store, Product.MESH, frame)),
             metadata={
                 **profile,
                 "vertices": len(result.vertices),
@@ -114,7 +124,7 @@ def build_surface_assets(ground_truth: Path | None) -> list[dg.AssetsDefinition]
                 "method": config.mesh.method,
                 "watertight": bool(result.is_watertight()),
             },
-            check_results=check_results[-1:],
+            check_results=check_results,
         )
 
     return [fused_cloud, mesh]

@@ -16,7 +16,17 @@ In data-flow order: :mod:`.ingestion` (calibration, frames), :mod:`.sparse`, :mo
 :mod:`.surface`; :mod:`.common` holds the stage registry (:data:`STAGES`) and what they share.
 """
 
-from aquamvs_core.steps.common import DENSE_STAGES, STAGES, Stage, StoreCameras, dense_pairs, provenance
+from aquamvs_core.steps.common import (
+    CODE_VERSIONS,
+    DENSE_STAGES,
+    STAGES,
+    Stage,
+    StoreCameras,
+    data_version,
+    dense_pairs,
+    fingerprint,
+    provenance,
+)
 from aquamvs_core.steps.depth import (
     PAIR_DEPTH_ARRAYS,
     camera_depth_maps,
@@ -26,7 +36,13 @@ from aquamvs_core.steps.depth import (
     read_roma_pair_depth,
     roma_pairwise_depths_step,
 )
-from aquamvs_core.steps.ingestion import IngestedFrame, ingest_frames, write_calibration
+from aquamvs_core.steps.ingestion import (
+    IngestedFrame,
+    ingest_frames,
+    source_hash,
+    verify_frames,
+    write_calibration,
+)
 from aquamvs_core.steps.sparse import depth_range, sparse_cloud_step, sparse_matches_step
 from aquamvs_core.steps.surface import (
     arrays_to_mesh,
@@ -39,6 +55,7 @@ from aquamvs_core.steps.surface import (
 )
 
 __all__ = [
+    "CODE_VERSIONS",
     "DENSE_STAGES",
     "PAIR_DEPTH_ARRAYS",
     "STAGES",
@@ -48,9 +65,11 @@ __all__ = [
     "arrays_to_mesh",
     "camera_depth_maps",
     "camera_depths_step",
+    "data_version",
     "dense_pairs",
     "depth_range",
     "export_frame",
+    "fingerprint",
     "fused_cloud_step",
     "ingest_frames",
     "mesh_step",
@@ -62,7 +81,9 @@ __all__ = [
     "read_pair_depth",
     "read_roma_pair_depth",
     "roma_pairwise_depths_step",
+    "source_hash",
     "sparse_cloud_step",
     "sparse_matches_step",
+    "verify_frames",
     "write_calibration",
 ]

@@ -24,7 +24,14 @@ from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.stages.stereo.combine import combine_pair_depths
 from aquamvs_core.stages.stereo.plane_sweep import PairDepth, sweep_pair
-from aquamvs_core.steps.common import StoreCameras, provenance
+from aquamvs_core.steps.common import (
+    StoreCameras,
+    fingerprint,
+    frame_fingerprint,
+    product_fingerprint,
+    provenance,
+    reusable,
+)
 from aquamvs_core.steps.sparse import depth_range
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, product_path
@@ -40,7 +47,13 @@ def pairwise_depths_step(
     cams: StoreCameras | None = None,
 ) -> dict[str, Any]:
     """Refractive plane sweep of ``pair.ref`` against ``pair.src``; writes
-    ``pairwise_depths/<frame>/<pair>`` (:data:`PAIR_DEPTH_ARRAYS`)."""
+    ``pairwise_depths/<frame>/<pair>`` (:data:`PAIR_DEPTH_ARRAYS`), reused when current."""
+    path = product_path(Product.PAIRWISE_DEPTHS, frame, pair.key)
+    expected = fingerprint(
+        Product.PAIRWISE_DEPTHS, _dense_inputs(store, frame, pair), "sweep", config.plane_sweep
+    )
+    if (stored := reusable(store, path, expected)) is not None:
+        return {**stored["summary"], "reused": True}
     cams = cams or StoreCameras.load(store)
     images = store.read_frame(frame, [pair.ref, pair.src])
     z_range = depth_range(store, frame, pair.ref)
@@ -64,11 +77,21 @@ def pairwise_depths_step(
         "seconds": round(result.timings["total"], 3),
     }
     store.write_product(
-        product_path(Product.PAIRWISE_DEPTHS, frame, pair.key),
+        path,
         arrays,
-        provenance(cams, frame, config, ref=pair.ref, src=pair.src, timings=result.timings, **summary),
+        provenance(
+            cams, frame, config, expected, summary, ref=pair.ref, src=pair.src, timings=result.timings
+        ),
     )
     return summary
+
+
+def _dense_inputs(store: SurveyStore, frame: str, pair: CameraPair) -> list[str]:
+    """Fingerprints a pair depth is made from: the frame, the pair, and the sparse cloud (the depth
+    range) when there is one."""
+    cloud = product_path(Product.SPARSE_CLOUD, frame)
+    sparse = product_fingerprint(store, cloud) if store.has_product(cloud) else ""
+    return [frame_fingerprint(store, frame), pair.key, sparse]
 
 
 def roma_pairwise_depths_step(
@@ -85,10 +108,18 @@ def roma_pairwise_depths_step(
     ``roma`` gives the certainty threshold, sample budget and seed (default: :class:`RomaSettings`).
 
     The warp is converted at once (no_grad) and dropped before this returns: a loop over pairs holds
-    one warp at a time. Images go to the matcher as RGB, as the store holds them.
+    one warp at a time. Images go to the matcher as RGB, as the store holds them. Reused when current
+    (same frame, depth range, conversion settings and matcher settings).
     """
-    cams = cams or StoreCameras.load(store)
     roma = roma or RomaSettings()
+    path = product_path(Product.PAIRWISE_DEPTHS, frame, pair.key)
+    matcher_settings = roma.model_dump(mode="json", exclude={"device"})
+    expected = fingerprint(
+        Product.PAIRWISE_DEPTHS, _dense_inputs(store, frame, pair), "roma", config.roma, matcher_settings
+    )
+    if (stored := reusable(store, path, expected)) is not None:
+        return {**stored["summary"], "reused": True}
+    cams = cams or StoreCameras.load(store)
     images = store.read_frame(frame, [pair.ref, pair.src])
     t0 = time.perf_counter()
     with torch.no_grad(), torch_threads(config.torch_threads):
@@ -118,10 +149,17 @@ def roma_pairwise_depths_step(
         "match_seconds": round(t_match, 3),
     }
     store.write_product(
-        product_path(Product.PAIRWISE_DEPTHS, frame, pair.key),
+        path,
         result.as_arrays(),
         provenance(
-            cams, frame, config, ref=pair.ref, src=pair.src, image_size=list(result.image_size), **summary
+            cams,
+            frame,
+            config,
+            expected,
+            summary,
+            ref=pair.ref,
+            src=pair.src,
+            image_size=list(result.image_size),
         ),
     )
     return summary
@@ -159,7 +197,8 @@ def camera_depths_step(
     store: SurveyStore, frame: str, pairs: Sequence[CameraPair], config: ReconstructionConfig
 ) -> dict[str, dict[str, Any]]:
     """Combine each reference camera's pair depths (plane-sweep ones, or the RoMa pathway's warp
-    depths when ``config.pathway == "roma"``); writes ``camera_depths/<frame>/<camera>``."""
+    depths when ``config.pathway == "roma"``); writes ``camera_depths/<frame>/<camera>``, each reused
+    when current. Returns camera → summary."""
     missing = [
         p.key for p in pairs if not store.has_product(product_path(Product.PAIRWISE_DEPTHS, frame, p.key))
     ]
@@ -171,6 +210,15 @@ def camera_depths_step(
         by_ref.setdefault(p.ref, []).append(p)
     summary = {}
     for ref, ref_pairs in by_ref.items():
+        path = product_path(Product.CAMERA_DEPTHS, frame, ref)
+        inputs = [
+            product_fingerprint(store, product_path(Product.PAIRWISE_DEPTHS, frame, p.key)) for p in ref_pairs
+        ]
+        method = ("roma", config.roma) if config.pathway == "roma" else ("sweep", config.plane_sweep)
+        expected = fingerprint(Product.CAMERA_DEPTHS, inputs, *method)
+        if (stored := reusable(store, path, expected)) is not None:
+            summary[ref] = {**stored["summary"], "reused": True}
+            continue
         if config.pathway == "roma":
             combined = combine_warp_depths(
                 [read_roma_pair_depth(store, frame, p) for p in ref_pairs],
@@ -189,9 +237,11 @@ def camera_depths_step(
         }
         summary[ref] = {"valid_fraction": round(float(np.isfinite(arrays["depth"]).mean()), 4)}
         store.write_product(
-            product_path(Product.CAMERA_DEPTHS, frame, ref),
+            path,
             arrays,
-            provenance(cams, frame, config, camera=ref, pairs=[p.key for p in ref_pairs], **summary[ref]),
+            provenance(
+                cams, frame, config, expected, summary[ref], camera=ref, pairs=[p.key for p in ref_pairs]
+            ),
         )
     return summary
 

@@ -14,7 +14,14 @@ from aquamvs_core.runtime import torch_threads
 from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.stages.sparse.depth_ranges import camera_depth_ranges
 from aquamvs_core.stages.sparse.pair_matching import SparsePair, match_and_triangulate
-from aquamvs_core.steps.common import StoreCameras, provenance
+from aquamvs_core.steps.common import (
+    StoreCameras,
+    fingerprint,
+    frame_fingerprint,
+    product_fingerprint,
+    provenance,
+    reusable,
+)
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, product_path
 
@@ -28,8 +35,19 @@ def sparse_matches_step(
     model_cache: dict | None = None,
     feature_cache: dict | None = None,
 ) -> dict[str, Any]:
-    """Match and triangulate one pair of a frame; writes ``sparse_matches/<frame>/<pair>``. Pass the same
+    """Match and triangulate one pair of a frame; writes ``sparse_matches/<frame>/<pair>`` (reused
+    when its fingerprint is current: the summary then has ``reused: True``). Pass the same
     ``feature_cache`` dict for the pairs of a frame to detect each image's features once."""
+    path = product_path(Product.SPARSE_MATCHES, frame, pair.key)
+    expected = fingerprint(
+        Product.SPARSE_MATCHES,
+        frame_fingerprint(store, frame),
+        pair.key,
+        config.matching,
+        config.triangulation,
+    )
+    if (stored := reusable(store, path, expected)) is not None:
+        return {**stored["summary"], "reused": True}
     cams = cams or StoreCameras.load(store)
     t0 = time.perf_counter()
     images = store.read_frame(frame, [pair.ref, pair.src])
@@ -53,9 +71,9 @@ def sparse_matches_step(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     store.write_product(
-        product_path(Product.SPARSE_MATCHES, frame, pair.key),
+        path,
         result.as_arrays(),
-        provenance(cams, frame, config, ref=pair.ref, src=pair.src, **summary),
+        provenance(cams, frame, config, expected, summary, ref=pair.ref, src=pair.src),
     )
     return summary
 
@@ -64,12 +82,18 @@ def sparse_cloud_step(
     store: SurveyStore, frame: str, pairs: Sequence[CameraPair], config: ReconstructionConfig
 ) -> dict[str, Any]:
     """Pool the kept points of every pair of ``frame`` and derive each camera's depth range;
-    writes ``sparse_cloud/<frame>``. Missing pair products are an error (materialize them first)."""
+    writes ``sparse_cloud/<frame>`` (reused when current). Missing pair products are an error
+    (materialize them first)."""
     missing = [
         p.key for p in pairs if not store.has_product(product_path(Product.SPARSE_MATCHES, frame, p.key))
     ]
     if missing:
         raise FileNotFoundError(f"{store.root}: frame {frame} has no sparse matches for pairs {missing}")
+    path = product_path(Product.SPARSE_CLOUD, frame)
+    inputs = [product_fingerprint(store, product_path(Product.SPARSE_MATCHES, frame, p.key)) for p in pairs]
+    expected = fingerprint(Product.SPARSE_CLOUD, inputs, config.depth_range)
+    if (stored := reusable(store, path, expected)) is not None:
+        return {**stored["summary"], "reused": True}
     cams = StoreCameras.load(store)
     chunks = []
     for p in pairs:
@@ -77,12 +101,13 @@ def sparse_cloud_step(
         chunks.append(sp.points[sp.keep])
     points = np.concatenate(chunks) if chunks else np.zeros((0, 3))
     ranges = camera_depth_ranges(points, cams.cameras, config.depth_range)
+    summary = {"points": len(points), "depth_ranges": ranges}
     store.write_product(
-        product_path(Product.SPARSE_CLOUD, frame),
+        path,
         {"points": points},
-        provenance(cams, frame, config, depth_ranges=ranges, n_points=len(points)),
+        provenance(cams, frame, config, expected, summary, depth_ranges=ranges, n_points=len(points)),
     )
-    return {"points": len(points), "depth_ranges": ranges}
+    return summary
 
 
 def depth_range(store: SurveyStore, frame: str, camera: str) -> tuple[float, float] | None:

@@ -13,27 +13,46 @@ import open3d as o3d
 from aquamvs_core.config import ReconstructionConfig
 from aquamvs_core.stages.fusion import FusedCloud, fuse_depth_maps
 from aquamvs_core.stages.mesh import build_mesh, export_mesh
-from aquamvs_core.steps.common import StoreCameras, provenance
+from aquamvs_core.steps.common import (
+    StoreCameras,
+    fingerprint,
+    frame_fingerprint,
+    product_fingerprint,
+    provenance,
+    reusable,
+)
 from aquamvs_core.steps.depth import camera_depth_maps
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, frame_index, product_path
 
 
 def fused_cloud_step(store: SurveyStore, frame: str, config: ReconstructionConfig) -> FusedCloud:
-    """Fuse the frame's camera depth maps; writes ``fused_cloud/<frame>``."""
-    depth_maps = camera_depth_maps(store, frame)
-    if not depth_maps:
+    """Fuse the frame's camera depth maps; writes ``fused_cloud/<frame>`` (reused when current)."""
+    cameras = store.list_products(product_path(Product.CAMERA_DEPTHS, frame))
+    if not cameras:
         raise FileNotFoundError(f"{store.root}: frame {frame} has no camera depth maps")
+    path = product_path(Product.FUSED_CLOUD, frame)
+    expected = fingerprint(Product.FUSED_CLOUD, _camera_depth_inputs(store, frame, cameras), config.fusion)
+    if (stored := reusable(store, path, expected)) is not None:
+        cloud = read_cloud(store, frame)
+        cloud.stats = dict(stored.get("stats", {}))
+        return cloud
+    depth_maps = camera_depth_maps(store, frame)
     cams = StoreCameras.load(store)
     images = store.read_frame(frame, list(depth_maps))
     t0 = time.perf_counter()
     cloud = fuse_depth_maps(depth_maps, cams.cameras, images, config.fusion)
+    summary = {"points": len(cloud), "seconds": round(time.perf_counter() - t0, 3)}
     store.write_product(
-        product_path(Product.FUSED_CLOUD, frame),
-        cloud.as_arrays(),
-        provenance(cams, frame, config, stats=cloud.stats, seconds=round(time.perf_counter() - t0, 3)),
+        path, cloud.as_arrays(), provenance(cams, frame, config, expected, summary, stats=cloud.stats)
     )
     return cloud
+
+
+def _camera_depth_inputs(store: SurveyStore, frame: str, cameras: Sequence[str]) -> list[str]:
+    """Fingerprints of the frame (its colours) and of its camera depth maps."""
+    paths = [product_path(Product.CAMERA_DEPTHS, frame, c) for c in cameras]
+    return [frame_fingerprint(store, frame), *(product_fingerprint(store, p) for p in paths)]
 
 
 def read_cloud(store: SurveyStore, frame: str) -> FusedCloud:
@@ -61,19 +80,25 @@ def arrays_to_mesh(arrays: dict[str, np.ndarray]) -> o3d.geometry.TriangleMesh:
 
 
 def mesh_step(store: SurveyStore, frame: str, config: ReconstructionConfig) -> o3d.geometry.TriangleMesh:
-    """Mesh the frame's fused cloud, colour vertices from the best view; writes ``mesh/<frame>``."""
+    """Mesh the frame's fused cloud, colour vertices from the best view; writes ``mesh/<frame>``
+    (reused when current)."""
+    cameras = store.list_products(product_path(Product.CAMERA_DEPTHS, frame))
+    path = product_path(Product.MESH, frame)
+    cloud_fp = product_fingerprint(store, product_path(Product.FUSED_CLOUD, frame))
+    expected = fingerprint(Product.MESH, cloud_fp, _camera_depth_inputs(store, frame, cameras), config.mesh)
+    if reusable(store, path, expected) is not None:
+        return read_mesh(store, frame)
     cloud = read_cloud(store, frame)
     cams = StoreCameras.load(store)
     depth_maps = camera_depth_maps(store, frame)
     images = store.read_frame(frame, list(depth_maps))
     t0 = time.perf_counter()
     mesh = build_mesh(cloud, config.mesh, cams.cameras, images, depth_maps, cams.masks)
+    summary = {"vertices": len(mesh.vertices), "seconds": round(time.perf_counter() - t0, 3)}
     store.write_product(
-        product_path(Product.MESH, frame),
+        path,
         mesh_to_arrays(mesh),
-        provenance(
-            cams, frame, config, method=config.mesh.method, seconds=round(time.perf_counter() - t0, 3)
-        ),
+        provenance(cams, frame, config, expected, summary, method=config.mesh.method),
     )
     return mesh
 

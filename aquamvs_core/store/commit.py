@@ -1,9 +1,17 @@
 """The store's one commit protocol, and the JSON check of attrs.
 
-A group (a frame, a product, the calibration) exists for readers only when its attrs say
-``complete: true``. :func:`commit_group` replaces the attrs by an uncommitted placeholder, then
-writes the contents, and writes the full attrs with ``complete: true`` last; a crash at any point
-leaves a group that no reader takes as complete, and never one that mixes old and new contents.
+A group (a frame, a product, the calibration) holds its contents in **versions**: subgroups named
+``v<16 hex digits>``. The group's attrs name the committed version (``version``) and say
+``complete: true``. :func:`commit_group` writes every array of a new version into a fresh subgroup,
+then commits it with a single put of the group's attrs, and only then deletes the version it
+replaced. So:
+
+* a reader sees the previous version, complete, until the commit, and the new one, complete, after;
+  never a mixture;
+* a crash at any point leaves the previous version committed (or, for a new group, nothing that
+  reads as complete), plus an uncommitted version that no reader looks at;
+* two writers of one group at once each write their own version; the last commit wins cleanly.
+
 Group attrs live in one metadata object per group, written with a single put (atomic on object
 stores; temp file and rename on local disk), so no rename of data is ever relied on.
 """
@@ -11,6 +19,7 @@ stores; temp file and rename on local disk), so no rename of data is ever relied
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +29,9 @@ import zarr
 
 __all__ = [
     "COMPLETE",
+    "VERSION",
     "commit_group",
+    "committed_contents",
     "is_committed",
     "json_attrs",
     "now",
@@ -31,6 +42,8 @@ __all__ = [
 
 #: The commit marker (attr name).
 COMPLETE = "complete"
+#: The attr naming the committed version (a subgroup of the group).
+VERSION = "version"
 #: Rows per chunk of long (N, ...) arrays such as point clouds.
 PRODUCT_CHUNK_ROWS = 1 << 20
 
@@ -85,23 +98,30 @@ def row_chunks(data: np.ndarray) -> tuple[int, ...]:
 
 def commit_group(
     group: zarr.Group,
-    write_contents: Callable[[], None],
+    write_contents: Callable[[zarr.Group], None],
     attrs: Mapping[str, Any],
-    placeholder: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Rewrite ``group`` under the commit protocol (module docstring).
+    """Write and commit a new version of ``group`` (module docstring).
 
     Args:
         group: the group to (re)write.
-        write_contents: writes the arrays (called while the group is uncommitted).
-        attrs: the group's final attrs (JSON-compatible); ``complete`` and ``written_at`` are added.
-        placeholder: attrs kept while uncommitted (e.g. the frame index).
+        write_contents: writes the arrays into the new version's subgroup (its argument).
+        attrs: the group's final attrs (JSON-compatible); ``version``, ``written_at`` and ``complete``
+            are added.
 
     Returns:
         The attrs written.
     """
-    group.attrs.put({**(placeholder or {}), COMPLETE: False})  # uncommit before touching arrays
-    write_contents()
-    final = {**attrs, "written_at": now(), COMPLETE: True}
-    group.attrs.put(final)
+    previous = group.attrs.get(VERSION) if is_committed(group) else None
+    version = f"v{uuid.uuid4().hex[:16]}"
+    write_contents(group.create_group(version))
+    final = {**attrs, VERSION: version, "written_at": now(), COMPLETE: True}
+    group.attrs.put(final)  # the commit
+    if previous and previous != version and previous in group:
+        del group[previous]
     return final
+
+
+def committed_contents(group: zarr.Group) -> zarr.Group:
+    """The subgroup holding a committed group's arrays (its committed version)."""
+    return group[group.attrs[VERSION]]

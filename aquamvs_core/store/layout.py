@@ -3,28 +3,30 @@
 The root is a local path (default) or any fsspec URL (``s3://bucket/survey``, ``memory://x``).
 Layout::
 
-    <root>/                       group, attrs {"aquamvs_layout": 1, "survey": name}
+    <root>/                       group, attrs {"aquamvs_layout": 2, "survey": name}
       calibration/                group, attrs {"calibration": <AquaCal JSON dict>, "calibration_hash",
                                                 "source", "undistorted_K": {cam: 3x3}, "cameras": [...],
-                                                "written_at"}
-        valid_mask/<camera>       (H, W) bool: undistorted-image validity, chunk = whole image
+                                                "version", "complete", "written_at"}
+        v<id>/valid_mask/<camera> (H, W) bool: undistorted-image validity, chunk = whole image
       frames/<frame_key>/         group, attrs {"frame_index", "calibration_hash", "sources": {cam: path},
-                                                "cameras": [...], "complete": true, "written_at", "write_id"}
-        <camera>                  (H, W, 3) uint8 RGB undistorted image, chunks = (H, W, 3)
+                                                "source_hash", "fingerprint", "cameras": [...],
+                                                "version", "complete", "written_at", "write_id"}
+        v<id>/<camera>            (H, W, 3) uint8 RGB undistorted image, chunks = (H, W, 3)
                                   (consumers read whole images: one object per image on object stores)
       pairs/<ref>-<src>/          group, attrs: pair geometry (baseline, overlap through the water, ...)
       tables/<name>.csv           tables (e.g. benchmark results), written with pandas, atomically
-      products/<stage>/<frame>/<part>/   group of arrays written by a pipeline stage (sparse matches,
-                                  depth maps, clouds, meshes), committed like frames; e.g.
-                                  products/depth/f000001/cam0-cam1/{depth, confidence}
+      products/<asset>/<frame>[/<part>]/   a stage's product (see :mod:`aquamvs_core.steps`), attrs
+                                  {"fingerprint", "summary", provenance, "version", "complete", ...}
+        v<id>/<array>             e.g. products/pairwise_depths/f000001/cam0-cam1/v…/depth
 
 Frame keys are :func:`aquamvs_core.survey.keys.frame_key` strings (``f000123``).
 
-**Commit protocol** (:mod:`aquamvs_core.store.commit`): frames, products and the calibration
-exist for readers only when their group's attrs say ``complete: true``, written last.
-:class:`~aquamvs_core.store.survey_store.SurveyStore` validates everything first (bad input writes
-nothing). A reader of a frame re-checks its ``write_id`` after reading and reports a frame rewritten
-meanwhile as incomplete. One writer per frame at a time is assumed.
+**Commit protocol** (:mod:`aquamvs_core.store.commit`): frames, products and the calibration hold
+their arrays in versions; a group's attrs name its committed version and say ``complete: true``,
+written in one put after every array of the version. A reader sees the previous version or the new
+one, complete, never a mixture; a crash leaves the previous version committed; of two writers, the
+last commit wins. :class:`~aquamvs_core.store.survey_store.SurveyStore` validates everything first
+(bad input writes nothing). A reader of a frame re-checks its ``write_id`` when a read fails.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from zarr.storage import FsspecStore, LocalStore
 
 from aquamvs_core.survey import is_url
 
-LAYOUT_VERSION = 1
+#: 2: groups hold their contents in committed versions (see :mod:`aquamvs_core.store.commit`).
+LAYOUT_VERSION = 2
 CALIBRATION = "calibration"
 VALID_MASK = "valid_mask"
 FRAMES = "frames"
 PAIRS = "pairs"
 PRODUCTS = "products"
-RESERVED_FRAME_ATTRS = ("complete", "cameras", "written_at", "write_id")
+RESERVED_FRAME_ATTRS = ("complete", "version", "cameras", "written_at", "write_id")
 
 
 class StoreError(Exception):

@@ -17,7 +17,9 @@ from aquamvs_core.camera.calibration import Rig, parse_calibration, rig_to_dict
 from aquamvs_core.files import atomic_path
 from aquamvs_core.store.commit import (
     COMPLETE,
+    VERSION,
     commit_group,
+    committed_contents,
     is_committed,
     json_attrs,
     row_chunks,
@@ -128,7 +130,7 @@ class SurveyStore:
         group = self._group.require_group(CALIBRATION)
         commit_group(
             group,
-            lambda: write_arrays(group.require_group(VALID_MASK), masks),
+            lambda version: write_arrays(version.require_group(VALID_MASK), masks),
             {
                 "calibration": rig_to_dict(rig),
                 "calibration_hash": rig.content_hash,
@@ -165,7 +167,7 @@ class SurveyStore:
     def read_valid_masks(self) -> dict[str, np.ndarray]:
         """Camera → (H, W) bool validity mask of the undistorted images."""
         group = self._calibration_group()
-        masks = group[VALID_MASK]
+        masks = committed_contents(group)[VALID_MASK]
         return {cam: np.asarray(masks[cam][...], dtype=bool) for cam in group.attrs["cameras"]}
 
     def _calibration_group(self) -> zarr.Group:
@@ -212,7 +214,9 @@ class SurveyStore:
         _check_product_path("/".join(arrays))
         meta = json_attrs(attrs, f"product {path}")
         group = self._group.require_group(f"{PRODUCTS}/{path}")
-        commit_group(group, lambda: write_arrays(group, arrays, row_chunks), {**meta, "arrays": list(arrays)})
+        commit_group(
+            group, lambda version: write_arrays(version, arrays, row_chunks), {**meta, "arrays": list(arrays)}
+        )
 
     def has_product(self, path: str) -> bool:
         """Whether ``products/<path>`` is completely written."""
@@ -230,7 +234,8 @@ class SurveyStore:
         missing = [n for n in wanted if n not in group.attrs["arrays"]]
         if missing:
             raise StoreKeyError(f"{self._root}: product {path} has no array(s) {missing}")
-        return {n: group[n][...] for n in wanted}
+        contents = committed_contents(group)
+        return {n: contents[n][...] for n in wanted}
 
     def list_products(self, prefix: str) -> list[str]:
         """Names of the committed products directly under ``products/<prefix>``, sorted."""
@@ -295,7 +300,7 @@ class SurveyStore:
 
         group = self._group.require_group(FRAMES).require_group(key)
         meta.update(frame_index=index, cameras=cameras, write_id=uuid.uuid4().hex)
-        commit_group(group, lambda: write_arrays(group, images), meta, placeholder={"frame_index": index})
+        commit_group(group, lambda version: write_arrays(version, images), meta)
 
     def has_frame(self, key: str) -> bool:
         """Whether frame ``key`` is completely written."""
@@ -347,16 +352,14 @@ class SurveyStore:
                 f"{self._root}: frame {key} has no camera(s) {unknown}; it has {attrs['cameras']}"
             )
         try:
-            images = {cam: group[cam][...] for cam in names}
-        except Exception as exc:
+            contents = group[attrs[VERSION]]
+            return {cam: contents[cam][...] for cam in names}
+        except Exception as exc:  # the version read was replaced (and deleted) meanwhile
             if self._write_id(key) != attrs["write_id"]:
                 raise IncompleteFrameError(
                     f"{self._root}: frame {key} was rewritten while being read"
                 ) from exc
             raise
-        if self._write_id(key) != attrs["write_id"]:
-            raise IncompleteFrameError(f"{self._root}: frame {key} was rewritten while being read")
-        return images
 
     def delete_frame(self, key: str) -> bool:
         """Delete frame ``key`` (uncommitting it first); returns whether it existed."""
@@ -364,7 +367,7 @@ class SurveyStore:
         group = self._frame_group(key)
         if group is None:
             return False
-        group.attrs.put({"frame_index": index, COMPLETE: False})
+        group.attrs.put({"frame_index": index, COMPLETE: False})  # readers stop seeing it first
         del self._group[FRAMES][key]
         return True
 

@@ -70,17 +70,27 @@ class SurveySpec(BaseModel):
         store: Zarr store root, a local path or an fsspec URL.
         pair_neighbours: stereo neighbours per reference camera.
         ground_truth: optional ground-truth file (synthetic surveys).
+        quality_blocking: whether a failed ground-truth quality check blocks the assets downstream
+            of the mesh in the same run (else it is a warning).
+        reconstruction: the survey's default reconstruction settings (``preset``, ``pathway``,
+            ``config_file``, ``overrides_yaml``): what runs that nobody configured (sensors,
+            automation) use; a launchpad run can override them.
+
+    The name identifies the survey in a Dagster instance shared by several rigs (its asset keys and
+    frame partitions are prefixed with it), so it is letters, digits, ``_``, ``-`` and ``.``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     calibration: Path
     inputs: Path
     frames: FrameSelection = Field(default_factory=FrameSelection)
     store: str = Field(min_length=1)
     pair_neighbours: int = Field(4, ge=1)
     ground_truth: Path | None = None
+    quality_blocking: bool = False
+    reconstruction: dict[str, Any] = Field(default_factory=dict)
 
     def resolve_paths(self, base: Path) -> SurveySpec:
         """A copy with relative paths (and a plain relative ``store``) made absolute against ``base``."""

@@ -89,17 +89,21 @@ def test_profile_command_prints_stages_and_bottlenecks(ingested, capsys):
 def test_benchmark_assets_materialize_a_table_and_a_summary(ingested, synthetic_survey_file):
     import dagster as dg
 
-    from aquamvs_assets.assets.benchmarks import benchmark_summary, benchmark_tables
+    from aquamvs_assets.assets.benchmarks import build_benchmark_assets
+    from aquamvs_assets.definitions import survey_namespace
     from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 
-    spec, store, _ = ingested
+    spec, store, pairs = ingested
+    ns = survey_namespace(synthetic_survey_file)
+    benchmark_tables, benchmark_summary = build_benchmark_assets(ns, pairs)
     resources = {
         "survey": SurveyResource(survey_file=str(synthetic_survey_file)),
         "store": ZarrStoreResource(root=spec.store),
     }
-    run_config = {"ops": {"benchmark_tables": {"config": {"pathways": ["sift"], "presets": ["fast"]}}}}
+    op = ns.key("benchmark_tables").to_python_identifier()
+    run_config = {"ops": {op: {"config": {"pathways": ["sift"], "presets": ["fast"]}}}}
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("frames", [FRAME])
+        instance.add_dynamic_partitions(ns.frames.name, [FRAME])
         result = dg.materialize(
             [benchmark_tables],
             partition_key=FRAME,
@@ -118,7 +122,7 @@ def test_benchmark_assets_materialize_a_table_and_a_summary(ingested, synthetic_
     table = store.read_table(f"benchmarks/{FRAME}")
     assert list(table[["frame", "pathway", "preset"]].iloc[0]) == [FRAME, "sift", "fast"]
     assert all(table[f"{s}_s"].iloc[0] > 0 for s in STAGES) and np.isfinite(table["median_mm"].iloc[0])
-    meta = result.asset_materializations_for_node("benchmark_tables")[0].metadata
+    meta = result.asset_materializations_for_node(op)[0].metadata
     assert "data:image/png;base64," in meta["stage_times"].value and len(meta["table"].value.records) == 1
     totals = store.read_table("benchmark_summary")
     assert len(totals) == 1 and totals["frames"].iloc[0] == 1
@@ -129,15 +133,17 @@ def test_profile_run_flag_adds_stage_profile_metadata(ingested, synthetic_survey
     import dagster as dg
 
     from aquamvs_assets.assets.surface import build_surface_assets
+    from aquamvs_assets.definitions import survey_namespace
     from aquamvs_assets.resources import ReconstructionSettings, ZarrStoreResource
 
     spec, store, pairs = ingested
     profile_frame(store, FRAME, pairs, build_config("fast"))  # upstream products of fused_cloud
-    assets = {a.key.to_user_string(): a for a in build_surface_assets(None)}
+    ns = survey_namespace(synthetic_survey_file)
+    fused_cloud, _ = build_surface_assets(ns, None)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("frames", [FRAME])
+        instance.add_dynamic_partitions(ns.frames.name, [FRAME])
         result = dg.materialize(
-            [assets["fused_cloud"]],
+            [fused_cloud],
             partition_key=FRAME,
             instance=instance,
             resources={
@@ -145,6 +151,6 @@ def test_profile_run_flag_adds_stage_profile_metadata(ingested, synthetic_survey
                 "reconstruction": ReconstructionSettings(preset="fast", profile=True),
             },
         )
-    meta = result.asset_materializations_for_node("fused_cloud")[0].metadata
+    meta = result.asset_materializations_for_node(ns.key("fused_cloud").to_python_identifier())[0].metadata
     assert meta["profile_wall_s"].value > 0 and meta["profile_cpu_s"].value > 0
     assert meta["profile_peak_rss_mb"].value > 50

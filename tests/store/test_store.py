@@ -46,6 +46,11 @@ def _raw_group(root: str) -> zarr.Group:
     return zarr.open_group(store_mod.open_zarr_store(root), mode="r")
 
 
+def _versions(group: zarr.Group) -> dict[str, zarr.Group]:
+    """The version subgroups of a store group (committed or not)."""
+    return dict(group.groups())
+
+
 class _CrashAfter:
     """Replacement for ``commit.write_array`` that writes ``n`` arrays, then raises."""
 
@@ -94,8 +99,10 @@ def test_frame_round_trip_is_bit_exact(store_root):
     assert "written_at" in got
 
     raw = _raw_group(store_root)
-    assert raw.attrs["aquamvs_layout"] == 1
-    assert raw["frames/f000007/cam0"].chunks == (H, W, 3)
+    assert raw.attrs["aquamvs_layout"] == 2
+    frame = raw["frames/f000007"]
+    assert list(_versions(frame)) == [got["version"]]  # the committed version holds the images
+    assert frame[got["version"]]["cam0"].chunks == (H, W, 3)
 
 
 def test_list_frames_is_sorted_by_index_and_skips_incomplete(store_root, monkeypatch):
@@ -135,7 +142,8 @@ def test_calibration_round_trip(store_root, survey_aquacal_dict):
     for cam in CAMERAS:
         assert masks_back[cam].dtype == bool
         assert np.array_equal(masks_back[cam], masks[cam].astype(bool))
-    assert _raw_group(store_root)["calibration/valid_mask/cam0"].chunks == (H, W)
+    group = _raw_group(store_root)["calibration"]
+    assert group[attrs["version"]]["valid_mask/cam0"].chunks == (H, W)
 
 
 def test_calibration_validation_writes_nothing(store_root, survey_aquacal_dict):
@@ -155,16 +163,21 @@ def test_calibration_validation_writes_nothing(store_root, survey_aquacal_dict):
     assert "calibration" not in _raw_group(store_root)
 
 
-def test_calibration_rewrite_crash_leaves_no_calibration(store_root, survey_aquacal_dict, monkeypatch):
+def test_calibration_rewrite_crash_keeps_the_previous_calibration(
+    store_root, survey_aquacal_dict, monkeypatch
+):
     rig = parse_calibration(survey_aquacal_dict(CAMERAS))
     Ks = {cam: np.eye(3) for cam in CAMERAS}
     masks = {cam: np.ones((H, W), bool) for cam in CAMERAS}
     store = SurveyStore(store_root)
     store.write_calibration(rig, Ks, masks)
+    before = store.read_calibration()
     monkeypatch.setattr(commit_mod, "write_array", _CrashAfter(1))
+    new_masks = {cam: np.zeros((H, W), bool) for cam in CAMERAS}
     with pytest.raises(OSError, match="simulated"):
-        store.write_calibration(rig, Ks, masks)
-    assert not store.has_calibration()
+        store.write_calibration(rig, Ks, new_masks)
+    assert store.has_calibration() and store.read_calibration() == before  # the old one, whole
+    assert all(m.all() for m in store.read_valid_masks().values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +192,8 @@ def test_crash_midway_through_a_new_frame(store_root, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         store.write_frame("f000003", _images(), {"calibration_hash": "abc"})
     assert crash.written == ["cam0"]
-    assert "cam0" in _raw_group(store_root)["frames/f000003"]  # the first array did reach the store
+    (partial,) = _versions(_raw_group(store_root)["frames/f000003"]).values()
+    assert "cam0" in partial  # the first array did reach the store, in an uncommitted version
 
     assert not store.has_frame("f000003")
     assert store.list_frames() == []
@@ -203,17 +217,18 @@ def test_crash_midway_through_a_rewrite(store_root, monkeypatch):
     store.write_frame("f000003", old)
     assert store.has_frame("f000003")
 
+    committed = store.frame_attrs("f000003")["version"]
     monkeypatch.setattr(commit_mod, "write_array", _CrashAfter(2))
     new = _images(2)
     with pytest.raises(OSError, match="simulated"):
         store.write_frame("f000003", new)
-    raw = _raw_group(store_root)["frames/f000003"]
-    assert np.array_equal(raw["cam0"][...], new["cam0"])  # half new ...
-    assert np.array_equal(raw["cam2"][...], old["cam2"])  # ... half old: must not be visible
-    assert not store.has_frame("f000003")
-    assert store.list_frames() == []
-    with pytest.raises(IncompleteFrameError):
-        store.read_frame("f000003")
+    versions = _versions(_raw_group(store_root)["frames/f000003"])
+    (partial,) = (g for v, g in versions.items() if v != committed)
+    assert np.array_equal(partial["cam0"][...], new["cam0"])  # half of the new frame was written ...
+    assert "cam2" not in partial
+    assert store.list_frames() == ["f000003"]  # ... but readers still see the old frame, whole
+    back = store.read_frame("f000003")
+    assert all(np.array_equal(back[c], old[c]) for c in CAMERAS)
 
 
 def test_rewrite_with_fewer_cameras_drops_stale_arrays(store_root):
@@ -222,9 +237,35 @@ def test_rewrite_with_fewer_cameras_drops_stale_arrays(store_root):
     new = _images(2, cameras=["cam1"])
     store.write_frame("f000001", new)
     assert list(store.read_frame("f000001")) == ["cam1"]
-    assert sorted(_raw_group(store_root)["frames/f000001"].array_keys()) == ["cam1"]
+    versions = _versions(_raw_group(store_root)["frames/f000001"])
+    assert len(versions) == 1  # the replaced version was deleted
+    assert sorted(next(iter(versions.values())).array_keys()) == ["cam1"]
     with pytest.raises(StoreKeyError, match=r"no camera\(s\) \['cam0'\]"):
         store.read_frame("f000001", cameras=["cam0"])
+
+
+def test_two_writers_of_one_frame_the_last_commit_wins_whole(store_root, monkeypatch):
+    """Writer A has written one image when writer B rewrites the frame completely; then A finishes.
+    The frame is A's, every camera of it: never a mixture of A's and B's images."""
+    store, other = SurveyStore(store_root), SurveyStore(store_root)
+    store.write_frame("f000001", _images(0))
+    a, b = _images(1), _images(2)
+    real = commit_mod.write_array
+    calls = {"n": 0}
+
+    def interleaved(group, name, data, chunks=None):
+        real(group, name, data, chunks)
+        calls["n"] += 1
+        if calls["n"] == 1:  # after A's first image, B writes and commits the whole frame
+            monkeypatch.setattr(commit_mod, "write_array", real)
+            other.write_frame("f000001", b)
+            assert all(np.array_equal(store.read_frame("f000001")[c], b[c]) for c in CAMERAS)
+            monkeypatch.setattr(commit_mod, "write_array", interleaved)
+
+    monkeypatch.setattr(commit_mod, "write_array", interleaved)
+    store.write_frame("f000001", a)
+    back = SurveyStore(store_root).read_frame("f000001")
+    assert all(np.array_equal(back[c], a[c]) for c in CAMERAS)
 
 
 def test_read_detects_a_concurrent_rewrite(store_root, monkeypatch):

@@ -30,7 +30,9 @@ def test_product_round_trip_keeps_values_nan_and_attrs(store):
     assert store.has_product("cloud/f000001") and not store.has_product("cloud/f000002")
 
 
-def test_crash_mid_write_leaves_no_complete_product(store, monkeypatch):
+def test_crash_mid_write_leaves_no_half_written_product(store, monkeypatch):
+    """A crash while a product is rewritten leaves the previous version, whole; a crash while a new
+    product is written leaves nothing that reads as complete."""
     arrays = {"a": np.ones((4, 4), np.float32), "b": np.zeros((4, 4), np.float32)}
     store.write_product("mesh/f000003", arrays)
     calls = {"n": 0}
@@ -45,10 +47,16 @@ def test_crash_mid_write_leaves_no_complete_product(store, monkeypatch):
     monkeypatch.setattr(commit_module, "write_array", crash_after_first)
     with pytest.raises(OSError, match="disk full"):
         store.write_product("mesh/f000003", {"a": 2 * arrays["a"], "b": arrays["b"]})
-    assert not store.has_product("mesh/f000003")
-    assert store.list_products("mesh") == []
+    assert store.list_products("mesh") == ["f000003"]
+    back = store.read_product("mesh/f000003")
+    assert all(np.array_equal(back[k], arrays[k]) for k in arrays)  # the previous version, whole
+    calls["n"] = 0
+    with pytest.raises(OSError, match="disk full"):
+        store.write_product("mesh/f000004", arrays)
+    assert not store.has_product("mesh/f000004")
+    assert store.list_products("mesh") == ["f000003"]
     with pytest.raises(StoreKeyError, match="incomplete"):
-        store.read_product("mesh/f000003")
+        store.read_product("mesh/f000004")
 
 
 def test_bad_product_input_writes_nothing(store):

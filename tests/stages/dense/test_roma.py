@@ -24,11 +24,11 @@ import yaml
 
 from aquamvs_assets import resources as resources_module
 from aquamvs_assets.cli import main as cli_main
-from aquamvs_assets.definitions import build_definitions
-from aquamvs_assets.jobs import INGEST_JOB
+from aquamvs_assets.definitions import build_definitions, survey_namespace
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
-from aquamvs_assets.runner import register_frames, run_stage
+from aquamvs_assets.runner import run_ingestion
 from aquamvs_core import steps as steps
+from aquamvs_core.camera.calibration import load_calibration
 from aquamvs_core.camera.distortion import distort_pixels, undistorted_intrinsics
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.config import build_config
@@ -276,20 +276,36 @@ def _roma_definitions(survey_file: Path, checkpoints: RomaCheckpoints):
     return build_definitions(survey_file, settings, matcher)
 
 
-def _ingested(survey_file: Path, checkpoints: RomaCheckpoints, frames: list[str]):
+def _ingested(survey_file: Path, checkpoints: RomaCheckpoints, frames: list[int], tmp_path: Path):
+    """RoMa definitions of a copy of the survey with one neighbour per camera and no auxiliary
+    sources (4 dense pairs), with ``frames`` ingested; returns the definitions, the instance, the
+    survey file and the ``pairwise_depths`` job."""
+    spec = load_survey_spec(survey_file).model_copy(update={"pair_neighbours": 1})
+    survey_file = spec.to_yaml(tmp_path / "roma_survey.yaml")
     defs = _roma_definitions(survey_file, checkpoints)
     instance = dg.DagsterInstance.ephemeral()
-    register_frames(instance, frames)
-    run_stage(defs.resolve_job_def(INGEST_JOB), instance, frames)
-    return defs, instance
+    run_ingestion(survey_file, instance, frames)
+    key = survey_namespace(survey_file).key("pairwise_depths")
+    job = dg.define_asset_job("pairwise", selection=[key]).resolve(asset_graph=defs.resolve_asset_graph())
+    return defs, instance, survey_file, job
 
 
-def test_one_run_over_many_partitions_loads_once_and_disposes(
-    synthetic_survey_file, roma_checkpoints, monkeypatch
+def _pairwise(job, instance, frame: str, overrides: str = "use_auxiliary_sources: false"):
+    config = {
+        "resources": {
+            "reconstruction": {"config": {"pathway": "roma", "preset": "fast", "overrides_yaml": overrides}}
+        }
+    }
+    return job.execute_in_process(
+        instance=instance, partition_key=frame, run_config=config, raise_on_error=False
+    )
+
+
+def test_one_materialization_of_a_frame_loads_roma_once_and_disposes(
+    synthetic_survey_file, roma_checkpoints, monkeypatch, tmp_path
 ):
     block_network(monkeypatch)
-    frames = ["f000000", "f000001"]
-    defs, instance = _ingested(synthetic_survey_file, roma_checkpoints, frames)
+    _, instance, survey_file, job = _ingested(synthetic_survey_file, roma_checkpoints, [0], tmp_path)
     loads, closes, refs = [], [], []
     real_load, real_close = resources_module.load_roma, RomaSession.close
 
@@ -306,26 +322,28 @@ def test_one_run_over_many_partitions_loads_once_and_disposes(
 
     monkeypatch.setattr(resources_module, "load_roma", counting_load)
     monkeypatch.setattr(RomaSession, "close", counting_close)
-    pair_keys = (
-        defs.resolve_assets_def("pairwise_depths").partitions_def.get_partitions_def_for_dimension("pair")
-    ).get_partition_keys()[:2]
-    results = run_stage(defs.resolve_job_def("reconstruct_pairwise_depths"), instance, frames, pair_keys)
-    assert len(results) == 1  # one run over the 2 × 2 box
-    assert len(loads) == 1 and len(closes) == 1
+    result = _pairwise(job, instance, "f000000")
+    assert result.success
+    assert len(loads) == 1 and len(closes) == 1  # one model for the frame's 4 pairs
     del closes[:]
     gc.collect()
     assert refs[0]() is None  # no reference to the model survives the materialization
-    store = SurveyStore(load_survey_spec(synthetic_survey_file).store)
-    written = {(f, p) for f in frames for p in store.list_products(product_path(Product.PAIRWISE_DEPTHS, f))}
-    assert written == {(f, p) for f in frames for p in pair_keys}
-    messages = [e.message for e in instance.all_logs(results[0].run_id) if e.message]
+    spec = load_survey_spec(survey_file)
+    store = SurveyStore(spec.store)
+    pairs = [p for p in select_pairs(load_calibration(spec.calibration), 1) if p.src != "aux"]
+    written = store.list_products(product_path(Product.PAIRWISE_DEPTHS, "f000000"))
+    assert written == sorted(p.key for p in pairs) and len(pairs) == 4
+    messages = [e.message for e in instance.all_logs(result.run_id) if e.message]
     assert any("RoMa loaded on cpu" in m for m in messages)
     assert any("RoMa disposed of" in m for m in messages)
 
 
 def test_gpu_work_runs_in_a_pool_limited_to_one(synthetic_small_survey):
     defs = build_definitions(synthetic_small_survey)
-    assert defs.resolve_assets_def("pairwise_depths").op.pool == "gpu"
+    assert (
+        defs.resolve_assets_def(survey_namespace(synthetic_small_survey).key("pairwise_depths")).op.pool
+        == "gpu"
+    )
     config = yaml.safe_load((Path(__file__).parents[3] / "dagster.yaml").read_text())
     assert config["concurrency"]["pools"]["default_limit"] == 1
 
@@ -339,11 +357,12 @@ def test_missing_weights_fail_clearly_without_network_or_writes(synthetic_survey
     assert str(absent.matcher) in text and str(absent.dinov2) in text
     assert "roma_outdoor.pth" in text and "aquamvs roma-verify" in text
 
-    frames = ["f000000"]
-    defs, instance = _ingested(synthetic_survey_file, absent, frames)
-    with pytest.raises(RuntimeError, match="RoMa weights not found"):
-        run_stage(defs.resolve_job_def("reconstruct_pairwise_depths"), instance, frames, ["cam0-cam1"])
-    store = SurveyStore(load_survey_spec(synthetic_survey_file).store)
+    _, instance, survey_file, job = _ingested(synthetic_survey_file, absent, [0], tmp_path)
+    result = _pairwise(job, instance, "f000000")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "RoMa weights not found" in str(failure.event_specific_data.error)
+    store = SurveyStore(load_survey_spec(survey_file).store)
     assert store.list_products(Product.PAIRWISE_DEPTHS.value) == []
 
 
@@ -408,11 +427,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_pairs(synthetic_survey_fil
     the growth."""
     rig, gt, _, pairs = small_scene
     spec = load_survey_spec(synthetic_survey_file)
-    frames = ["f000000"]
-    instance = dg.DagsterInstance.ephemeral()
-    defs = build_definitions(synthetic_survey_file)
-    register_frames(instance, frames)
-    run_stage(defs.resolve_job_def(INGEST_JOB), instance, frames)
+    run_ingestion(synthetic_survey_file, dg.DagsterInstance.ephemeral(), [0])
     store = SurveyStore(spec.store)
     store_cams = steps.StoreCameras.load(store)
     grid = (224, 224)  # 1 MB of warp and certainty per pair
@@ -451,9 +466,7 @@ def test_exact_warps_feed_the_same_fusion_and_mesh(synthetic_survey_file, roma_s
     mesh steps: with exact warps the fused cloud meets the survey's accuracy targets."""
     rig, gt, _, pairs = small_scene
     spec = load_survey_spec(synthetic_survey_file)
-    instance = dg.DagsterInstance.ephemeral()
-    register_frames(instance, ["f000000"])
-    run_stage(build_definitions(synthetic_survey_file).resolve_job_def(INGEST_JOB), instance, ["f000000"])
+    run_ingestion(synthetic_survey_file, dg.DagsterInstance.ephemeral(), [0])
     store = SurveyStore(spec.store)
     store_cams = steps.StoreCameras.load(store)
     matcher = GroundTruthMatcher(rig, gt, 0, store_cams.cameras, GRID, roma_session)
