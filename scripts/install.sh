@@ -37,7 +37,7 @@ pip=(.venv/bin/python -m pip install --quiet -c constraints.txt)  # constraints 
 import open3d  # noqa: F401  (fails here, not in the middle of a run, if a system library is missing)
 import torch
 assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__version__}"
-from aquamvs_core.dense.roma import import_romatch
+from aquamvs_core.stages.dense.roma import import_romatch
 import_romatch()  # torchvision + romatch import on this machine (CPU-only included)
 PY
 echo "$want" > "$stamp"
