@@ -61,6 +61,7 @@ def build_definitions(
         sensor_interval_s = int(os.environ.get(SENSOR_INTERVAL_ENV, "30"))
     ns = SurveyNamespace(spec.name)
     pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    jobs = build_jobs(ns)
     return dg.Definitions(
         assets=[
             *build_ingestion_assets(ns, pairs),
@@ -69,8 +70,8 @@ def build_definitions(
             *build_surface_assets(ns, spec.ground_truth, spec.quality_blocking),
             *build_benchmark_assets(ns, pairs),
         ],
-        jobs=build_jobs(ns),
-        sensors=build_sensors(ns, sensor_interval_s),
+        jobs=jobs,
+        sensors=build_sensors(ns, jobs, sensor_interval_s),
         resources={
             "survey": SurveyResource(survey_file=str(Path(survey_file).resolve())),
             "store": ZarrStoreResource(root=spec.store),

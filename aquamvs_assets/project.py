@@ -48,5 +48,15 @@ def ensure_dagster_home(home: str | os.PathLike | None = None) -> Path:
             pass
         finally:
             tmp.unlink(missing_ok=True)
+        _initialise_storage(path)
     os.environ["DAGSTER_HOME"] = str(path)
     return path
+
+
+def _initialise_storage(home: Path) -> None:
+    """Create a new instance's databases now, in one process: the daemon, the webserver and their
+    code servers starting together on an empty SQLite home would otherwise race to create them."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)

@@ -31,13 +31,15 @@ def _alive(pid: int) -> bool:
 
 
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Mark as failed the started runs whose executing process on this host no longer exists.
-    Returns their run ids."""
+    """Mark as failed the started runs whose executing process on this host no longer exists, and
+    free the concurrency slots they held (a killed run's ``gpu`` slot would otherwise block every
+    later run of the pool). Returns their run ids."""
     host = socket.gethostname()
     reaped = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         pid = run.tags.get(PID_TAG)
         if pid and run.tags.get(HOST_TAG) == host and not _alive(int(pid)):
             instance.report_run_failed(run, f"the process {pid} executing this run is gone (killed?)")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             reaped.append(run.run_id)
     return reaped

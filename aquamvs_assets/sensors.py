@@ -75,11 +75,18 @@ def _retries(
     return requests
 
 
-def build_sensors(ns: SurveyNamespace, minimum_interval_seconds: int = 30) -> list[dg.SensorDefinition]:
-    """The survey's new-frames sensor and its running automation sensor."""
+def build_sensors(
+    ns: SurveyNamespace,
+    jobs: list[dg.UnresolvedAssetJobDefinition],
+    minimum_interval_seconds: int = 30,
+) -> list[dg.SensorDefinition]:
+    """The survey's new-frames sensor (targeting its calibration and frames ``jobs``) and its
+    running automation sensor."""
+    targets = [job for job in jobs if job.name in (CALIBRATION_JOB, FRAMES_JOB)]
 
     @dg.sensor(
         name="new_frames_sensor",
+        jobs=targets,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Stores the calibration (again when it changes, then re-ingests every frame), "

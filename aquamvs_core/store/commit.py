@@ -19,6 +19,7 @@ stores; temp file and rename on local disk), so no rename of data is ever relied
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ import zarr
 __all__ = [
     "COMPLETE",
     "VERSION",
+    "VERSION_NAME",
     "commit_group",
     "committed_contents",
     "is_committed",
@@ -44,6 +46,8 @@ __all__ = [
 COMPLETE = "complete"
 #: The attr naming the committed version (a subgroup of the group).
 VERSION = "version"
+#: How versions are named.
+VERSION_NAME = re.compile(r"v[0-9a-f]{16}")
 #: Rows per chunk of long (N, ...) arrays such as point clouds.
 PRODUCT_CHUNK_ROWS = 1 << 20
 
@@ -113,7 +117,7 @@ def commit_group(
         The attrs written.
     """
     previous = group.attrs.get(VERSION) if is_committed(group) else None
-    version = f"v{uuid.uuid4().hex[:16]}"
+    version = f"v{uuid.uuid4().hex[:16]}"  # matches VERSION_NAME
     write_contents(group.create_group(version))
     final = {**attrs, VERSION: version, "written_at": now(), COMPLETE: True}
     group.attrs.put(final)  # the commit

@@ -18,6 +18,7 @@ from aquamvs_core.files import atomic_path
 from aquamvs_core.store.commit import (
     COMPLETE,
     VERSION,
+    VERSION_NAME,
     commit_group,
     committed_contents,
     is_committed,
@@ -244,6 +245,25 @@ class SurveyStore:
         if not isinstance(group, zarr.Group):
             return []
         return sorted(name for name, g in group.groups() if is_committed(g))
+
+    def product_paths(self, prefix: str) -> list[str]:
+        """Paths of every committed product at or below ``products/<prefix>`` (e.g. every pair and
+        camera part of a stage), sorted."""
+        _check_product_path(prefix)
+        found: list[str] = []
+
+        def walk(path: str, group: zarr.Group) -> None:
+            if is_committed(group):
+                found.append(path)
+                return
+            for name, child in group.groups():
+                if not VERSION_NAME.fullmatch(name):  # a part, not a version's contents
+                    walk(f"{path}/{name}", child)
+
+        group = self._group.get(f"{PRODUCTS}/{prefix}")
+        if isinstance(group, zarr.Group):
+            walk(prefix, group)
+        return sorted(found)
 
     def _committed_product(self, path: str) -> zarr.Group:
         _check_product_path(path)

@@ -29,7 +29,8 @@ def _wait_for(condition, timeout_s: float, what: str, log) -> None:
 def test_a_frame_that_appears_becomes_a_mesh_with_no_click(synthetic_small_survey, tmp_path):
     survey_file = image_folder_survey(synthetic_small_survey, tmp_path, n_frames=1, name="auto-rig")
     spec = load_survey_spec(survey_file)
-    spec = spec.model_copy(update={"reconstruction": {"preset": "fast"}})
+    cheap = {"preset": "fast", "overrides_yaml": "use_auxiliary_sources: false"}  # 4 dense pairs a frame
+    spec = spec.model_copy(update={"reconstruction": cheap, "pair_neighbours": 1})
     survey_file = spec.to_yaml(survey_file)
     ns = survey_namespace(survey_file)
     home = ensure_dagster_home(tmp_path / "home")
@@ -53,9 +54,9 @@ def test_a_frame_that_appears_becomes_a_mesh_with_no_click(synthetic_small_surve
             def meshes() -> set[str]:
                 return instance.get_materialized_partitions(ns.key("mesh"))
 
-            _wait_for(lambda: meshes() == {"f000000"}, 420, "frame 0's mesh", log_path.read_text)
+            _wait_for(lambda: meshes() == {"f000000"}, 900, "frame 0's mesh", log_path.read_text)
             as_image_folders(load_survey_spec(synthetic_small_survey), tmp_path / "frames", n_frames=2)
-            _wait_for(lambda: meshes() == {"f000000", "f000001"}, 420, "frame 1's mesh", log_path.read_text)
+            _wait_for(lambda: meshes() == {"f000000", "f000001"}, 900, "frame 1's mesh", log_path.read_text)
         finally:
             daemon.terminate()
             try:

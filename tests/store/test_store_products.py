@@ -69,3 +69,15 @@ def test_bad_product_input_writes_nothing(store):
     assert store.list_products("depth") == []
     with pytest.raises(StoreKeyError):
         store.read_product("depth/f1")
+
+
+def test_product_paths_lists_every_committed_part(store):
+    store.write_product("pairwise_depths/f000001/cam0-cam1", {"d": np.ones(2)})
+    store.write_product("pairwise_depths/f000001/cam1-cam0", {"d": np.ones(2)})
+    store.write_product("fused_cloud/f000001", {"p": np.ones((2, 3))})
+    assert store.product_paths("pairwise_depths") == [
+        "pairwise_depths/f000001/cam0-cam1",
+        "pairwise_depths/f000001/cam1-cam0",
+    ]
+    assert store.product_paths("fused_cloud") == ["fused_cloud/f000001"]
+    assert store.product_paths("mesh") == []
