@@ -28,7 +28,8 @@ class Stage:
         return self.product.value
 
 
-#: The reconstruction stages in data-flow order (the assets after ``frames``).
+#: The reconstruction stages of one frame in data-flow order (the assets after ``frames``); each
+#: needs only its own frame's products.
 STAGES: tuple[Stage, ...] = (
     Stage(Product.SPARSE_MATCHES, per_pair=True),
     Stage(Product.SPARSE_CLOUD, per_pair=False),
@@ -36,9 +37,13 @@ STAGES: tuple[Stage, ...] = (
     Stage(Product.CAMERA_DEPTHS, per_pair=False),
     Stage(Product.FUSED_CLOUD, per_pair=False),
     Stage(Product.MESH, per_pair=False),
+    Stage(Product.HEIGHTFIELD, per_pair=False),
 )
 #: The dense stages (those that the pathway's dense depth feeds).
 DENSE_STAGES: tuple[Stage, ...] = STAGES[2:]
+#: Not in :data:`STAGES`: a frame's bed change compares its heightfield with other frames' (see
+#: :mod:`aquamvs_core.steps.change`), so it runs after the reconstruction of every frame it needs.
+BED_CHANGE_STAGE = Stage(Product.BED_CHANGE, per_pair=False)
 
 
 @dataclass(frozen=True)
