@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from aquamvs_assets.assets.benchmarks import benchmark_summary, benchmark_tables
+from aquamvs_assets.assets.change import CHANGE_ASSETS, CHANGE_JOBS
 from aquamvs_assets.assets.depth import build_depth_assets
 from aquamvs_assets.assets.ingestion import build_pair_geometry_asset, frames, survey_calibration
 from aquamvs_assets.assets.sparse import build_sparse_assets
@@ -50,8 +51,9 @@ def build_definitions(
             *build_surface_assets(spec.ground_truth),
             benchmark_tables,
             benchmark_summary,
+            *CHANGE_ASSETS,
         ],
-        jobs=[ingest_job, frames_job, *reconstruction_jobs],
+        jobs=[ingest_job, frames_job, *reconstruction_jobs, *CHANGE_JOBS],
         sensors=[new_frames_sensor],
         resources={
             "survey": SurveyResource(survey_file=str(Path(survey_file).resolve())),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from aquamvs_assets.assets.change import BED_CHANGE_JOB, CHANGE_SUMMARY_JOB
 from aquamvs_assets.definitions import build_definitions
 from aquamvs_assets.jobs import INGEST_JOB, RECONSTRUCTION_JOBS
 from aquamvs_assets.partitions import FRAMES_PARTITION_NAME
@@ -169,4 +170,15 @@ def run_reconstruction(
                                 meta["profile_peak_rss_mb"].value,
                             )
                         )
+    run_change_jobs(defs, instance, keys)
     return outcome
+
+
+def run_change_jobs(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Sequence[str]) -> None:
+    """The bed changes of ``keys`` (after their heightfields), then the change summary."""
+    run_stage(defs.resolve_job_def(BED_CHANGE_JOB), instance, keys)
+    result = defs.resolve_job_def(CHANGE_SUMMARY_JOB).execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    if not result.success:
+        raise RuntimeError(f"run {result.run_id} of {CHANGE_SUMMARY_JOB} failed: see the run's logs")

@@ -8,9 +8,9 @@ the same for every frame so that frames line up cell for cell.
    median of those heights, ``count`` the points and ``cameras`` the most cameras behind one of
    them (fusion's ``support``);
 2. holes (cells without points) at most ``max_fill_cells`` wide, i.e. closed by a morphological
-   closing with a ``max_fill_cells + 1`` square, are filled with the mean of the measured cells
-   around them (``count = 0``); wider holes and everything outside the cloud stay NaN, so nothing
-   is interpolated across a real gap or extrapolated past the edge of the reconstruction;
+   closing with a ``max_fill_cells + 1`` square, are filled from the local plane through the
+   measured cells around them (``count = 0``); wider holes and everything outside the cloud stay
+   NaN, so nothing is interpolated across a real gap or extrapolated past the edge of the cloud;
 3. **resolution compensation** (``psf_sigma``): stereo matching with a ``w``-pixel window measures
    the bed averaged over the window, a blur of standard deviation ``w·GSD/√12`` on the bed (GSD:
    the cameras' ground sampling distance,
@@ -22,7 +22,8 @@ the same for every frame so that frames line up cell for cell.
 4. ``sigma``, the standard uncertainty of a cell's ``z`` as it matters for change detection (the
    part of the error that differs between two frames; errors that the two frames share, such as
    the texture's own matching bias, cancel in ``dz``):
-   ``sigma² = spread² / count + view_sigma² / cameras``, where ``spread`` is the robust point
+   ``sigma² = (π/2)·spread² / count + view_sigma² / cameras`` (the first term is the standard
+   error of a median of ``count`` points), where ``spread`` is the robust point
    spread (√(π/2) × mean absolute deviation from the cell medians) pooled over a
    ``spread_window`` neighbourhood (it grows with image noise) and ``view_sigma_mm`` is the
    frame-to-frame repeatability of one camera's depth, calibrated against the ground truth of the
@@ -118,7 +119,7 @@ class Heightfield:
 
     Attributes:
         grid: the survey grid.
-        z: (ny, nx) float32 world Z, metres (Z down); NaN where unknown.
+        z: (ny, nx) float64 world Z, metres (Z down); NaN where unknown.
         count: (ny, nx) int32 points in each cell (0: unknown or filled from the neighbours).
         cameras: (ny, nx) int16 most cameras behind a point of the cell (filled: of the neighbours).
         sigma: (ny, nx) float32 standard uncertainty of ``z``, metres; NaN where ``z`` is NaN.
@@ -153,7 +154,7 @@ class Heightfield:
     def from_arrays(cls, grid: BedGrid, arrays: dict[str, np.ndarray]) -> Heightfield:
         return cls(
             grid,
-            np.asarray(arrays["z"], dtype=np.float32),
+            np.asarray(arrays["z"], dtype=np.float64),
             np.asarray(arrays["count"], dtype=np.int32),
             np.asarray(arrays["cameras"], dtype=np.int16),
             np.asarray(arrays["sigma"], dtype=np.float32),
@@ -276,7 +277,7 @@ def build_heightfield(
     valid = np.isfinite(z)
     return Heightfield(
         grid,
-        z.astype(np.float32),
+        z.astype(np.float64),
         count.astype(np.int32),
         np.where(valid, cams, 0).astype(np.int16),
         np.where(valid, sigma, np.nan).astype(np.float32),
@@ -294,40 +295,67 @@ def _measured_sigma(
     dev = box_sum(np.where(measured, abs_dev, 0.0), config.spread_window)
     spread = math.sqrt(math.pi / 2) * dev / np.maximum(dof, 1.0)
     view = config.view_sigma_mm * 1e-3
-    var = spread**2 / np.maximum(count, 1) + view**2 / np.maximum(cams, 1)
+    var = (math.pi / 2) * spread**2 / np.maximum(count, 1) + view**2 / np.maximum(cams, 1)
     sigma = np.maximum(np.sqrt(var), config.sigma_floor_mm * 1e-3)
     return np.where(measured, sigma, np.nan)
+
+
+def _plane_fit_at(z: np.ndarray, valid: np.ndarray, cells: np.ndarray, radius: int) -> np.ndarray:
+    """Height at ``cells`` (bool (ny, nx)) of the plane fitted by least squares to the valid cells
+    within ``radius``, Gaussian-weighted (σ = 1 cell); the weighted mean where the fit is singular
+    (fewer than three neighbours, or all on a line)."""
+    d = np.arange(-radius, radius + 1, dtype=np.float64)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    g = np.exp(-0.5 * (dx * dx + dy * dy))
+    w = valid.astype(np.float64)
+    wz = np.where(valid, z, 0.0)
+
+    def corr(src: np.ndarray, kernel: np.ndarray) -> np.ndarray:  # Σ_offsets kernel · src[cell + offset]
+        out = cv2.filter2D(src, cv2.CV_64F, kernel, borderType=cv2.BORDER_CONSTANT)
+        return out[cells]
+
+    m0, mx, my = corr(w, g), corr(w, g * dx), corr(w, g * dy)
+    mxx, mxy, myy = corr(w, g * dx * dx), corr(w, g * dx * dy), corr(w, g * dy * dy)
+    b = np.stack([corr(wz, g), corr(wz, g * dx), corr(wz, g * dy)], axis=-1)
+    a = np.stack([np.stack([m0, mx, my], -1), np.stack([mx, mxx, mxy], -1), np.stack([my, mxy, myy], -1)], -2)
+    mean = b[:, 0] / np.maximum(m0, 1e-300)
+    det = np.linalg.det(a)
+    ok = det > 1e-6 * np.maximum(m0, 1e-300) ** 3
+    out = mean.copy()
+    if ok.any():
+        out[ok] = np.linalg.solve(a[ok], b[ok][..., None])[:, 0, 0]
+    return out
 
 
 def _fill_small_holes(
     z: np.ndarray, sigma: np.ndarray, cams: np.ndarray, config: HeightfieldConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step 2 of the module docstring: the holes closed by a ``max_fill_cells + 1`` square get the
-    mean height of the measured cells within ``max_fill_cells``, ``fill_sigma_factor`` × their RMS
-    sigma and their largest camera count. Everything else is returned unchanged."""
+    height of a local plane fitted to the measured cells within ``max_fill_cells`` (exact on a
+    plane), ``fill_sigma_factor`` × their RMS sigma and their largest camera count. Everything else
+    is returned unchanged."""
     valid = np.isfinite(z)
     k = config.max_fill_cells
     if k <= 0 or valid.all() or not valid.any():
         return z, sigma, cams
-    closed = cv2.morphologyEx(
-        valid.astype(np.uint8),
-        cv2.MORPH_CLOSE,
-        np.ones((k + 1, k + 1), np.uint8),
-        borderType=cv2.BORDER_CONSTANT,
-        borderValue=0,
+    # Closing with a (k + 1)² square: dilation, then erosion by the reflected square (with an even
+    # side, OpenCV's MORPH_CLOSE would shift the result by a cell).
+    square, a = np.ones((k + 1, k + 1), np.uint8), k // 2
+    grown = cv2.dilate(
+        valid.astype(np.uint8), square, anchor=(a, a), borderType=cv2.BORDER_CONSTANT, borderValue=0
     )
+    closed = cv2.erode(grown, square, anchor=(k - a, k - a), borderType=cv2.BORDER_CONSTANT, borderValue=1)
     win = 2 * k + 1
     weight = box_sum(valid, win)
     holes = closed.astype(bool) & ~valid & (weight > 0)
     if not holes.any():
         return z, sigma, cams
-    mean_z = box_sum(np.where(valid, z, 0.0), win) / np.maximum(weight, 1.0)
     rms_sigma = np.sqrt(
         np.maximum(box_sum(np.where(valid, sigma, 0.0) ** 2, win), 0.0) / np.maximum(weight, 1.0)
     )
     near_cams = cv2.dilate(cams, np.ones((win, win), np.uint8))
     z, sigma, cams = z.copy(), sigma.copy(), cams.copy()
-    z[holes] = mean_z[holes]
+    z[holes] = _plane_fit_at(z, valid, holes, k)
     sigma[holes] = config.fill_sigma_factor * rms_sigma[holes]
     cams[holes] = near_cams[holes]
     return z, sigma, cams

@@ -234,10 +234,9 @@ def change_summary_step(store: SurveyStore, frames: Sequence[str] | None = None)
         for earlier in store.list_products(product_path(Product.BED_CHANGE, frame)):
             attrs = store.product_attrs(product_path(Product.BED_CHANGE, frame, earlier))
             rows += attrs["volumes"]
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table.insert(1, "frame_index", [frame_index(f) for f in table["frame"]])
-        table.insert(3, "from_index", [frame_index(f) for f in table["from_frame"]])
+    table = pd.DataFrame(rows, columns=["frame", "from_frame", "kinds", "region", *VOLUME_KEYS])
+    table.insert(1, "frame_index", [frame_index(f) for f in table["frame"]])
+    table.insert(3, "from_index", [frame_index(f) for f in table["from_frame"]])
     store.write_table(CHANGE_SUMMARY_TABLE, table)
     return table
 

@@ -46,6 +46,9 @@ ASSET_KEYS = {
     "mesh",
     "benchmark_tables",
     "benchmark_summary",
+    "heightfield",
+    "bed_change",
+    "change_summary",  # change
 }
 PER_PAIR = {"sparse_matches", "pairwise_depths"}
 
