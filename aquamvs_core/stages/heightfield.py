@@ -22,11 +22,12 @@ the same for every frame so that frames line up cell for cell.
 4. ``sigma``, the standard uncertainty of a cell's ``z`` as it matters for change detection (the
    part of the error that differs between two frames; errors that the two frames share, such as
    the texture's own matching bias, cancel in ``dz``):
-   ``sigma² = (π/2)·spread² / count + view_sigma² / cameras`` (the first term is the standard
-   error of a median of ``count`` points), where ``spread`` is the robust point
+   ``sigma² = (π/2)·spread² / count + (view_sigma_px·GSD)² / cameras`` (the first term is the
+   standard error of a median of ``count`` points), where ``spread`` is the robust point
    spread (√(π/2) × mean absolute deviation from the cell medians) pooled over a
-   ``spread_window`` neighbourhood (it grows with image noise) and ``view_sigma_mm`` is the
-   frame-to-frame repeatability of one camera's depth, calibrated against the ground truth of the
+   ``spread_window`` neighbourhood (it grows with image noise) and ``view_sigma_px`` is the
+   frame-to-frame repeatability of one camera's depth in pixels of the ground sampling distance
+   (stereo errors scale with the pixel's footprint), calibrated against the ground truth of the
    synthetic survey (``benchmarks/change_bench.py``); filled cells get ``fill_sigma_factor`` × the
    RMS sigma around them.
 
@@ -65,7 +66,8 @@ class HeightfieldConfig(BaseModel):
         psf_min_support: fraction of the Gaussian kernel on valid cells below which the compensation
             tapers to nothing (rim of the cloud).
         spread_window: side (cells, odd) of the neighbourhood pooled for a cell's point spread.
-        view_sigma_mm: frame-to-frame repeatability of one camera's depth, mm (calibrated).
+        view_sigma_px: frame-to-frame repeatability of one camera's depth, in ground sampling
+            distances (calibrated: 0.04 mm at the demo survey's 2.2 mm pixels).
         sigma_floor_mm: smallest sigma, mm.
         fill_sigma_factor: sigma of a filled cell relative to the RMS sigma of its neighbours.
     """
@@ -82,7 +84,7 @@ class HeightfieldConfig(BaseModel):
     psf_sigma_mm: float | None = Field(None, ge=0.0, le=100.0)
     psf_min_support: float = Field(0.5, ge=0.0, lt=1.0)
     spread_window: int = Field(5, ge=1, le=51)
-    view_sigma_mm: float = Field(0.04, gt=0.0, le=100.0)
+    view_sigma_px: float = Field(0.018, gt=0.0, le=100.0)
     sigma_floor_mm: float = Field(0.01, ge=0.0, le=100.0)
     fill_sigma_factor: float = Field(1.5, ge=1.0, le=10.0)
 
@@ -236,6 +238,7 @@ def build_heightfield(
     grid: BedGrid,
     config: HeightfieldConfig | None = None,
     psf_sigma: float = 0.0,
+    gsd: float | None = None,
 ) -> Heightfield:
     """The heightfield of a fused cloud on ``grid`` (steps 1–4 of the module docstring).
 
@@ -243,6 +246,7 @@ def build_heightfield(
         points: (N, 3) world points, metres. normals: (N, 3) unit normals (either orientation).
         support: (N,) cameras behind each point (fusion's ``support``).
         grid: the survey grid (:func:`survey_grid_for`); points outside it are ignored.
+        gsd: the cameras' ground sampling distance on the bed, metres (None: the cell size).
         psf_sigma: blur to compensate, metres (0: none; see
             :func:`~aquamvs_core.stages.bed_grid.window_psf_sigma`).
     """
@@ -268,7 +272,8 @@ def build_heightfield(
     measured = count >= config.min_points
     z = np.where(measured, z, np.nan).reshape(ny, nx)
     count, cams = np.where(measured, count, 0).reshape(ny, nx), cams.reshape(ny, nx)
-    sigma = _measured_sigma(abs_dev.reshape(ny, nx), count, cams, config)
+    view_sigma = config.view_sigma_px * (grid.cell if gsd is None else gsd)
+    sigma = _measured_sigma(abs_dev.reshape(ny, nx), count, cams, config, view_sigma)
 
     # 2. Small holes; 3. resolution compensation.
     z, sigma, cams = _fill_small_holes(z, sigma, cams, config)
@@ -285,7 +290,7 @@ def build_heightfield(
 
 
 def _measured_sigma(
-    abs_dev: np.ndarray, count: np.ndarray, cams: np.ndarray, config: HeightfieldConfig
+    abs_dev: np.ndarray, count: np.ndarray, cams: np.ndarray, config: HeightfieldConfig, view: float
 ) -> np.ndarray:
     """(ny, nx) sigma of the measured cells, metres (NaN elsewhere): step 4 of the module docstring.
     A cell of ``m`` points has ``m − 1`` degrees of freedom around its median; the spread is pooled
@@ -294,7 +299,6 @@ def _measured_sigma(
     dof = box_sum(np.maximum(count - 1, 0), config.spread_window)
     dev = box_sum(np.where(measured, abs_dev, 0.0), config.spread_window)
     spread = math.sqrt(math.pi / 2) * dev / np.maximum(dof, 1.0)
-    view = config.view_sigma_mm * 1e-3
     var = (math.pi / 2) * spread**2 / np.maximum(count, 1) + view**2 / np.maximum(cams, 1)
     sigma = np.maximum(np.sqrt(var), config.sigma_floor_mm * 1e-3)
     return np.where(measured, sigma, np.nan)

@@ -20,6 +20,7 @@ they share. The bed change is not in the registry: it needs two frames (:data:`B
 """
 
 from aquamvs_core.steps.change import (
+    CHANGE_SUMMARY_TABLE,
     FrameChanges,
     bed_change_step,
     change_summary_step,
@@ -64,6 +65,7 @@ from aquamvs_core.steps.surface import (
 
 __all__ = [
     "BED_CHANGE_STAGE",
+    "CHANGE_SUMMARY_TABLE",
     "DENSE_STAGES",
     "PAIR_DEPTH_ARRAYS",
     "STAGES",

@@ -78,7 +78,7 @@ def heightfield_step(store: SurveyStore, frame: str, config: ReconstructionConfi
         psf = hf_config.psf_sigma_mm * 1e-3
     else:  # the plane sweep's window on the bed; RoMa has no window to compensate
         psf = 0.0 if config.pathway == "roma" else window_psf_sigma(config.plane_sweep.window, gsd)
-    bed = build_heightfield(cloud.points, cloud.normals, cloud.support, grid, hf_config, psf)
+    bed = build_heightfield(cloud.points, cloud.normals, cloud.support, grid, hf_config, psf, gsd)
     stats = bed.stats()
     store.write_product(
         product_path(Product.HEIGHTFIELD, frame),

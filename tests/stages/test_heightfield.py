@@ -165,15 +165,16 @@ def test_uncertainty_grows_with_point_noise_and_falls_with_cameras():
     cfg = HeightfieldConfig(max_fill_cells=0, sigma_floor_mm=0.0)
     exact = build_heightfield(pts, normals, support, grid, cfg)
     ok = exact.count > 0
-    # No spread: only the cameras' repeatability, view_sigma / √cameras.
-    np.testing.assert_allclose(exact.sigma[ok], cfg.view_sigma_mm * 1e-3 / 2, rtol=1e-5)
+    # No spread: only the cameras' repeatability, view_sigma_px · GSD / √cameras (GSD: 2 mm here).
+    exact = build_heightfield(pts, normals, support, grid, cfg, gsd=0.002)
+    np.testing.assert_allclose(exact.sigma[ok], cfg.view_sigma_px * 0.002 / 2, rtol=1e-5)
     noise = 0.0003
     noisy = pts + np.column_stack(
         [np.zeros((len(pts), 2)), np.random.default_rng(2).normal(0, noise, len(pts))]
     )
-    bed = build_heightfield(noisy, normals, support, grid, cfg)
+    bed = build_heightfield(noisy, normals, support, grid, cfg, gsd=0.002)
     counts = bed.count[ok].astype(np.float64)
-    expected = np.sqrt(math.pi / 2 * noise**2 / counts + (cfg.view_sigma_mm * 1e-3) ** 2 / 4)
+    expected = np.sqrt(math.pi / 2 * noise**2 / counts + (cfg.view_sigma_px * 0.002) ** 2 / 4)
     assert np.median(bed.sigma[ok] / expected) == pytest.approx(1.0, abs=0.1)
     # ... and the errors of the noisy cells are about that large: 1.4826·MAD / σ of the median ≈ 1.
     err = (bed.z - exact.z)[ok] / np.sqrt(noise**2 * math.pi / 2 / counts)
