@@ -110,11 +110,7 @@ def bed_change(
     results = []
     with profiled(context, reconstruction.profile) as profile:
         for frame in frames_of(context):
-            result = steps.bed_change_step(survey_store, frame, frames, config)
-            for note in result.notes:
-                context.log.warning(f"{frame}: {note}")
-            context.log.info(f"{frame}: compared with {list(result.changes) or 'nothing'}")
-            results.append(result)
+            results.append(steps.bed_change_step(survey_store, frame, frames, config))  # logs its choices
     last = results[-1]
     meta = {
         **profile,

@@ -170,6 +170,8 @@ def bed_change_step(
             f"{store.root}: frame {frame} has no heightfield (materialize heightfield first)"
         )
     previous, reference, notes = compared_frames(frame, frames, available, config)
+    for note in notes:
+        log.warning("%s: %s", frame, note)
     result = FrameChanges(frame, previous, reference, notes=notes)
     kinds: dict[str, list[str]] = {}
     for kind, earlier in (("previous", previous), ("reference", reference)):
@@ -207,6 +209,7 @@ def bed_change_step(
         )
         result.changes[earlier] = change
         result.rows += rows
+        log.info("%s: change from %s (%s): %s", frame, earlier, "+".join(why), rows[0])
     return result
 
 
