@@ -122,7 +122,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     calibration = Path(args.calibration).resolve()
     inputs = Path(args.input_dir).resolve()
     out_dir = Path(args.out_dir).resolve()
-    build_config(args.preset, args.pathway, args.config)  # validate before any work
+    config = build_config(args.preset, args.pathway, args.config)  # validate before any work
     roma = _roma_matcher(args) if args.pathway == "roma" else None
     if roma is not None:
         roma.settings().checkpoints.check()  # missing weights: a clear error before any work
@@ -168,6 +168,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     for key in run.frame_keys:
         for path in steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"]):
             print(f"wrote {path}")
+        print(f"wrote {steps.export_heightfield(store, key, out_dir)}")
+    for path in steps.export_changes(store, run.frame_keys, out_dir, config):
+        print(f"wrote {path}")
     _print_run(run)
     print(
         f"reconstructed {len(run.frame_keys)} frame(s) in {time.perf_counter() - t0:.1f} s; "
@@ -342,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconstruct", help="depth maps, fused cloud and mesh per frame, through Dagster")
     rec.add_argument("calibration", help="AquaCal calibration JSON")
     rec.add_argument("input_dir", help="one <camera>.mp4 per camera, or one folder <camera>/ of images each")
-    rec.add_argument("out_dir", help="writes OUT_DIR/frame_NNNNNN/{fused_cloud.ply, mesh.ply}")
+    rec.add_argument(
+        "out_dir",
+        help="writes OUT_DIR/frame_NNNNNN/{fused_cloud.ply, mesh.ply, heightfield.npz} and "
+        "OUT_DIR/changes/{frame_AAAAAA_to_BBBBBB.npz, volumes.csv}",
+    )
     rec.add_argument("--frames", help="comma-separated frame indices (default: all)")
     rec.add_argument("--preset", choices=PRESETS, default="balanced")
     rec.add_argument("--pathway", choices=PATHWAYS, default="sift")

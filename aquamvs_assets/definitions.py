@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from aquamvs_assets.assets.benchmarks import build_benchmark_assets
+from aquamvs_assets.assets.change import build_change_assets
 from aquamvs_assets.assets.depth import build_depth_assets
 from aquamvs_assets.assets.ingestion import build_ingestion_assets
 from aquamvs_assets.assets.sparse import build_sparse_assets
@@ -69,6 +70,7 @@ def build_definitions(
             *build_depth_assets(ns, pairs),
             *build_surface_assets(ns, spec.ground_truth, spec.quality_blocking),
             *build_benchmark_assets(ns, pairs),
+            *build_change_assets(ns),
         ],
         jobs=jobs,
         sensors=build_sensors(ns, jobs, sensor_interval_s),

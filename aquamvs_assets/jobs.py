@@ -2,8 +2,10 @@
 
 * ``calibration``: the calibration and the camera pairs' geometry (unpartitioned);
 * ``ingest_frames``: the undistorted frames (what the new-frames sensor requests);
-* ``reconstruct``: a frame's whole chain, from its frames to its mesh. Every asset of the chain is
-  partitioned by frame, so one run per frame materializes them all in one process.
+* ``reconstruct``: a frame's whole chain, from its frames to its mesh, heightfield and bed change.
+  Every asset of the chain is partitioned by frame, so one run per frame materializes them all in
+  one process;
+* ``summarize_changes``: the change table over all frames (unpartitioned).
 """
 
 from __future__ import annotations
@@ -11,23 +13,22 @@ from __future__ import annotations
 import dagster as dg
 
 from aquamvs_assets.partitions import SurveyNamespace
-from aquamvs_core.steps import STAGES
+from aquamvs_core.steps import BED_CHANGE_STAGE, STAGES
 
 CALIBRATION_JOB = "calibration"
 FRAMES_JOB = "ingest_frames"
 RECONSTRUCT_JOB = "reconstruct"
+CHANGE_SUMMARY_JOB = "summarize_changes"
 
 
 def reconstruction_asset_keys(ns: SurveyNamespace) -> list[dg.AssetKey]:
-    """The frame-partitioned assets of the reconstruction chain, in data-flow order."""
-    return [ns.key("frames"), *(ns.key(stage.name) for stage in STAGES)]
+    """The frame-partitioned assets of the reconstruction chain, in data-flow order (the bed change
+    last: it compares the frame's heightfield with earlier frames')."""
+    return [ns.key("frames"), *(ns.key(stage.name) for stage in (*STAGES, BED_CHANGE_STAGE))]
 
 
-def build_jobs(
-    ns: SurveyNamespace, extra_frame_assets: list[dg.AssetKey] | None = None
-) -> list[dg.UnresolvedAssetJobDefinition]:
-    """The survey's jobs; ``extra_frame_assets`` are frame-partitioned assets downstream of the mesh
-    that the ``reconstruct`` job also materializes."""
+def build_jobs(ns: SurveyNamespace) -> list[dg.UnresolvedAssetJobDefinition]:
+    """The survey's jobs."""
     return [
         dg.define_asset_job(
             CALIBRATION_JOB,
@@ -38,14 +39,17 @@ def build_jobs(
         dg.define_asset_job(
             FRAMES_JOB,
             selection=dg.AssetSelection.assets(ns.key("frames")),
-            partitions_def=ns.frames,
             description="Decode, undistort and store survey frames (the calibration must be stored).",
         ),
         dg.define_asset_job(
             RECONSTRUCT_JOB,
-            selection=dg.AssetSelection.assets(*reconstruction_asset_keys(ns), *(extra_frame_assets or [])),
-            partitions_def=ns.frames,
+            selection=dg.AssetSelection.assets(*reconstruction_asset_keys(ns)),
             description="A frame's whole chain: frames, sparse matches and cloud, pairwise and camera "
-            "depths, fused cloud, mesh.",
+            "depths, fused cloud, mesh, heightfield, bed change.",
+        ),
+        dg.define_asset_job(
+            CHANGE_SUMMARY_JOB,
+            selection=dg.AssetSelection.assets(ns.key("change_summary")),
+            description="The change table and volume charts over the survey's frames.",
         ),
     ]

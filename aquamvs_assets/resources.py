@@ -47,8 +47,9 @@ class ZarrStoreResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Record the process executing the run (see :mod:`aquamvs_assets.run_health`)."""
-        if context.instance is not None and context.run_id:
-            context.instance.add_run_tags(context.run_id, worker_tags())
+        run = context.dagster_run
+        if context.instance is not None and run is not None:
+            context.instance.add_run_tags(run.run_id, worker_tags())
 
     def get(self) -> SurveyStore:
         return SurveyStore(self.root)

@@ -18,13 +18,13 @@ from pathlib import Path
 import dagster as dg
 
 from aquamvs_assets.definitions import build_definitions
-from aquamvs_assets.jobs import CALIBRATION_JOB, FRAMES_JOB, RECONSTRUCT_JOB
+from aquamvs_assets.jobs import CALIBRATION_JOB, CHANGE_SUMMARY_JOB, FRAMES_JOB, RECONSTRUCT_JOB
 from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
 from aquamvs_assets.run_health import reap_dead_runs, worker_tags
 from aquamvs_assets.sensors import SURVEY_TAG
 from aquamvs_core.store import SurveyStore
-from aquamvs_core.survey import Survey, SurveyError, frame_key, load_survey_spec
+from aquamvs_core.survey import Survey, SurveyError, frame_index, frame_key, load_survey_spec
 
 log = logging.getLogger("aquamvs.cli")
 
@@ -148,9 +148,10 @@ def run_reconstruction(
     roma: RomaMatcher | None = None,
     on_frame: Callable[[str, int, int], None] | None = None,
 ) -> ReconstructionRun:
-    """Store the calibration if needed, then run each frame's whole chain (one run per frame).
-    ``on_frame(frame, done, total)`` is called after each frame."""
-    keys = frame_keys(survey_file, frames)
+    """Store the calibration if needed, then run each frame's whole chain (one run per frame, in
+    frame order, so that each frame's bed change finds the frame before it), then the change
+    table. ``on_frame(frame, done, total)`` is called after each frame."""
+    keys = sorted(set(frame_keys(survey_file, frames)), key=frame_index)
     defs = build_definitions(survey_file, settings, roma)
     ns = SurveyNamespace(load_survey_spec(survey_file).name)
     reap_dead_runs(instance)
@@ -177,4 +178,5 @@ def run_reconstruction(
                 )
         if on_frame is not None:
             on_frame(key, n, len(keys))
+    run_job(defs.resolve_job_def(CHANGE_SUMMARY_JOB), instance, None, ns.survey)
     return outcome

@@ -18,8 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aquamvs_core.stages.change import ChangeConfig
 from aquamvs_core.stages.dense.correspondence_depth import WarpDepthConfig
 from aquamvs_core.stages.fusion import FusionConfig
+from aquamvs_core.stages.heightfield import HeightfieldConfig
 from aquamvs_core.stages.mesh import MeshConfig
 from aquamvs_core.stages.sparse.depth_ranges import DepthRangeConfig
 from aquamvs_core.stages.sparse.matching import SparseMatchConfig
@@ -80,6 +82,8 @@ class ReconstructionConfig(BaseModel):
     roma: WarpDepthConfig = WarpDepthConfig()
     fusion: FusionConfig = FusionConfig()
     mesh: MeshConfig = MeshConfig()
+    heightfield: HeightfieldConfig = HeightfieldConfig()
+    change: ChangeConfig = ChangeConfig()
     quality: QualityTargets = QualityTargets()
 
 

@@ -132,3 +132,40 @@ def gt_scene():
         masks[name] = umap.valid.numpy()
     depth = gt_depth_maps(rig, terrain, 0)
     return SimpleNamespace(rig=rig, terrain=terrain, cameras=cameras, images=images, masks=masks, depth=depth)
+
+
+# -- bed change fixtures (steps and assets) -------------------------------------------------------
+
+
+@pytest.fixture
+def change_store(ingested):
+    """The small survey's private store with fused clouds of frames 0, 1, 2 made from the exact
+    ground truth (one point at the centre of 85 % of the 1 mm cells within 0.12 m of the rig's
+    centre; the bed moves between frames): ``(spec, store, gt, frames)``. The heightfield of such
+    a cloud is the ground truth at the cell centres."""
+    from aquamvs_core.stages.fusion import FusedCloud
+    from aquamvs_core.survey import Product, product_path
+    from aquamvs_core.synthetic import load_ground_truth
+
+    spec, store, _ = ingested
+    gt = load_ground_truth(spec.ground_truth)
+    centre = np.array([gt.x.mean(), gt.y.mean()])
+    cells = np.arange(-120, 121) * 1e-3
+    xx, yy = np.meshgrid(np.round(centre[0] * 1e3) * 1e-3 + cells, np.round(centre[1] * 1e3) * 1e-3 + cells)
+    xy = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    xy = xy[np.hypot(*(xy - centre).T) < 0.12]
+    keys = []
+    for index in range(3):
+        keep = np.random.default_rng(index).random(len(xy)) < 0.85
+        points = np.column_stack([xy[keep], gt.height_at(index, xy[keep])])
+        n = len(points)
+        cloud = FusedCloud(
+            points,
+            np.full((n, 3), 128, np.uint8),
+            np.tile(np.array([0.0, 0.0, -1.0], np.float32), (n, 1)),
+            np.full(n, 4, np.int32),
+        )
+        key = f"f{index:06d}"
+        store.write_product(product_path(Product.FUSED_CLOUD, key), cloud.as_arrays(), {"frame": key})
+        keys.append(key)
+    return spec, store, gt, keys

@@ -1,5 +1,6 @@
-"""End to end: the whole reconstruction through Dagster for one frame of a small synthetic survey,
-asserting accuracy against its ground truth, plus the CLI contract and configuration."""
+"""End to end: the whole reconstruction through Dagster for two frames of a small synthetic survey,
+asserting accuracy against its ground truth (clouds, meshes, heightfields and the change between
+the frames), plus the CLI contract and configuration."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import cv2
 import dagster as dg
 import numpy as np
 import open3d as o3d
+import pandas as pd
 import pytest
 import yaml
 
@@ -27,28 +29,35 @@ CI_TARGETS = {
     "outlier_fraction": 0.01,
     "completeness": 0.7,
 }
+#: Heightfields of this coarse survey: 2 mm cells (its cloud is too sparse for 1 mm cells) and no
+#: compensation of the window's blur (with ~1 mm errors it would amplify noise more than it restores
+#: relief, see the README). Volumes deepened and raised between the two frames are then within
+#: VOLUME_TOLERANCE of the truth (measured: -14 % and +7 %; the target at 640×480 is 10 %).
+CI_HEIGHTFIELD = {"cell_mm": 2.0, "psf_sigma_mm": 0.0}
+VOLUME_TOLERANCE = 0.25
 
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
     root = tmp_path_factory.mktemp("recon")
     config = SyntheticSurveyConfig(
-        seed=11, n_ring_cameras=4, image_size=(320, 240), n_frames=1, supersample=1
+        seed=11, n_ring_cameras=4, image_size=(320, 240), n_frames=2, supersample=1
     )
     survey_file = generate_survey(root / "survey", config)
     # The CLI contract's second input layout: one folder of PNG images per camera.
     images = root / "images"
     for video in sorted((survey_file.parent / "videos").glob("*.mp4")):
         (images / video.stem).mkdir(parents=True)
-        frame = VideoSource(video).read(0)
-        cv2.imwrite(str(images / video.stem / "000000.png"), np.ascontiguousarray(frame[..., ::-1]))
+        for index in range(2):
+            frame = VideoSource(video).read(index)
+            cv2.imwrite(str(images / video.stem / f"{index:06d}.png"), np.ascontiguousarray(frame[..., ::-1]))
     return survey_file.parent, images
 
 
 def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path, capsys):
     survey_dir, images = survey
     config_file = tmp_path / "ci.yaml"
-    config_file.write_text(yaml.safe_dump({"quality": CI_TARGETS}))
+    config_file.write_text(yaml.safe_dump({"quality": CI_TARGETS, "heightfield": CI_HEIGHTFIELD}))
     out = tmp_path / "out"
     home = tmp_path / "home"
     code = cli_main(
@@ -58,7 +67,7 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
             str(images),
             str(out),
             "--frames",
-            "0",
+            "0,1",
             "--preset",
             "fast",
             "--config",
@@ -94,7 +103,9 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
     normals_up = np.asarray(cloud.normals)[:, 2] < 0  # oriented towards the cameras (Z down)
     assert normals_up.mean() > 0.95
 
-    # Every asset was materialized through Dagster for the frame, and the quality check ran.
+    _check_heightfields_and_change(out, gt)
+
+    # Every asset was materialized through Dagster for both frames, and the quality check ran.
     instance = dg.DagsterInstance.from_config(str(home))
     survey_name = _survey_name_for(out)
     keys = (
@@ -105,15 +116,58 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
         "camera_depths",
         "fused_cloud",
         "mesh",
+        "heightfield",
+        "bed_change",
     )
     for key in keys:
-        assert instance.get_materialized_partitions(dg.AssetKey([survey_name, key])) == {"f000000"}, key
+        got = instance.get_materialized_partitions(dg.AssetKey([survey_name, key]))
+        assert got == {"f000000", "f000001"}, key
+    assert instance.get_latest_materialization_event(dg.AssetKey([survey_name, "change_summary"]))
     store = SurveyStore(out / ".aquamvs" / "store.zarr", read_only=True)
-    pairs = store.list_products(product_path(Product.PAIRWISE_DEPTHS, "f000000"))
-    assert len(pairs) == 4 * (3 + 1)  # 4 ring cameras × (3 neighbours + the auxiliary)
+    for frame in ("f000000", "f000001"):
+        pairs = store.list_products(product_path(Product.PAIRWISE_DEPTHS, frame))
+        assert len(pairs) == 4 * (3 + 1)  # 4 ring cameras × (3 neighbours + the auxiliary)
+    assert store.list_products(product_path(Product.BED_CHANGE, "f000001")) == ["f000000"]
     assert all(run.is_success for run in instance.get_runs())
     jobs = sorted(r.job_name for r in instance.get_runs())
-    assert jobs == ["calibration", "reconstruct"]  # the calibration once, then one run per frame
+    # the calibration once, one run per frame (its chain up to its bed change), the change table
+    assert jobs == ["calibration", "reconstruct", "reconstruct", "summarize_changes"]
+
+
+def _check_heightfields_and_change(out, gt):
+    """The CLI's heightfield and change files: their layout, and their accuracy against the ground
+    truth (at 320×240 a pixel covers ~4.4 mm of the bed: fine ripples are partly smoothed away)."""
+    beds = []
+    for index in (0, 1):
+        with np.load(out / f"frame_{index:06d}" / "heightfield.npz") as f:
+            x, y, z = f["x"], f["y"], f["z"]
+        assert x.ndim == y.ndim == 1 and z.shape == (y.size, x.size) and np.all(np.diff(x) > 0)
+        xx, yy = np.meshgrid(x, y)
+        truth = gt.height_at(index, np.stack([xx.ravel(), yy.ravel()], axis=1)).reshape(z.shape)
+        err = np.abs(z - truth)[np.isfinite(z) & np.isfinite(truth)] * 1e3
+        assert err.size > 200_000 and np.median(err) < CI_TARGETS["median_abs_error_mm"], np.median(err)
+        beds.append((z, truth))
+    with np.load(out / "changes" / "frame_000000_to_000001.npz") as f:
+        assert set(f.files) == {"x", "y", "dz", "lod"}
+        np.testing.assert_array_equal(f["x"], x)
+        dz, lod = f["dz"], f["lod"]
+    np.testing.assert_array_equal(dz, beds[1][0] - beds[0][0])  # z_B − z_A, NaN where either is
+    dz_gt = beds[1][1] - beds[0][1]
+    ok = np.isfinite(dz) & np.isfinite(dz_gt)
+    err = np.abs(dz - dz_gt)[ok] * 1e3
+    assert np.median(err) < 0.25, np.median(err)  # the product target at 640×480 holds here too
+    assert np.all(lod[ok] > 0) and np.isnan(lod[~np.isfinite(dz)]).all()
+    volumes = pd.read_csv(out / "changes" / "volumes.csv")
+    assert (
+        list(volumes.from_frame) == [0] and list(volumes.to_frame) == [1] and list(volumes.region) == ["all"]
+    )
+    area = (x[1] - x[0]) ** 2
+    truth = {
+        "deepened_m3": dz_gt[ok][dz_gt[ok] > 0].sum() * area,
+        "raised_m3": -dz_gt[ok][dz_gt[ok] < 0].sum() * area,
+    }
+    for key, true in truth.items():
+        assert volumes[key].iloc[0] == pytest.approx(true, rel=VOLUME_TOLERANCE), key
 
 
 @pytest.mark.parametrize(
@@ -121,7 +175,7 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
     [
         (["--pathway", "roma", "--roma-weights-dir", "/nonexistent/weights"], "RoMa weights not found"),
         (["--frames", "0,x"], "comma-separated frame indices"),
-        (["--frames", "5"], "outside the survey's 1 frames"),
+        (["--frames", "5"], "outside the survey's 2 frames"),
     ],
 )
 def test_reconstruct_cli_rejects_bad_input_clearly(survey, tmp_path, capsys, args, message):

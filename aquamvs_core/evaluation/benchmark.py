@@ -36,7 +36,9 @@ def profile_frame(
     dense_pairs = steps.dense_pairs(store, pairs, config)
     features: dict = {}
     models: dict = {}
-    sparse_matches, sparse_cloud, pairwise_depths, camera_depths, fused_cloud, mesh_stage = STAGES
+    sparse_matches, sparse_cloud, pairwise_depths, camera_depths, fused_cloud, mesh_stage, heightfield = (
+        STAGES
+    )
     with profiler.stage(sparse_matches):
         for p in pairs:
             steps.sparse_matches_step(store, frame, p, config, cams, models, features)
@@ -51,7 +53,10 @@ def profile_frame(
         cloud = steps.fused_cloud_step(store, frame, config)
     with profiler.stage(mesh_stage):
         mesh = steps.mesh_step(store, frame, config)
-    return profiler, {"points": len(cloud), "vertices": len(mesh.vertices), "triangles": len(mesh.triangles)}
+    with profiler.stage(heightfield):
+        bed = steps.heightfield_step(store, frame, config)
+    sizes = {"points": len(cloud), "vertices": len(mesh.vertices), "triangles": len(mesh.triangles)}
+    return profiler, {**sizes, "heightfield_cells": int(bed.valid.sum())}
 
 
 def accuracy_columns(report: dict[str, Any]) -> dict[str, float]:

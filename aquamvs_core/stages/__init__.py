@@ -8,7 +8,9 @@ their edges, in data-flow order:
 * :mod:`.stereo` — the refractive plane sweep and the per-camera combination of pair depths;
 * :mod:`.dense` — RoMa's dense warps turned into depth (the learned pathway);
 * :mod:`.fusion` — multi-view consistency, merging and clean-up into one point cloud;
-* :mod:`.mesh` — meshes of the fused cloud, colours from the views, file export.
+* :mod:`.mesh` — meshes of the fused cloud, colours from the views, file export;
+* :mod:`.bed_grid`, :mod:`.heightfield` — the survey grid and each frame's bed on it;
+* :mod:`.change` — the change between two heightfields, its level of detection and volumes.
 
 No stage imports another stage's internals; what two stages share is a contract module
 (:mod:`.depth_map`, :mod:`aquamvs_core.camera.sampling`).

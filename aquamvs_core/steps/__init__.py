@@ -11,12 +11,30 @@ Products (under ``products/`` in the store; names: :class:`aquamvs_core.survey.P
     camera_depths/<frame>/<camera>       a camera's combined depth: depth, confidence, support
     fused_cloud/<frame>                  fused cloud: points, colors, normals, support
     mesh/<frame>                         mesh: vertices, triangles, colors, normals
+    heightfield/<frame>                  the bed on the survey grid: z, count, cameras, sigma
+    bed_change/<frame>/<earlier>         dz = z_frame − z_earlier and its level of detection
 
 In data-flow order: :mod:`.ingestion` (calibration, frames), :mod:`.sparse`, :mod:`.depth`,
-:mod:`.surface`; :mod:`.common` holds the stage registry (:data:`STAGES`) and what they share.
+:mod:`.surface`, :mod:`.change`; :mod:`.common` holds the stage registry (:data:`STAGES`) and what
+they share. The bed change is not in the registry: it needs two frames (:data:`BED_CHANGE_STAGE`).
 """
 
+from aquamvs_core.steps.change import (
+    CHANGE_SUMMARY_TABLE,
+    FrameChanges,
+    bed_change_step,
+    change_summary_step,
+    compared_frames,
+    export_changes,
+    export_heightfield,
+    heightfield_frames,
+    heightfield_step,
+    read_bed_change,
+    read_heightfield,
+    survey_grid,
+)
 from aquamvs_core.steps.common import (
+    BED_CHANGE_STAGE,
     CODE_VERSIONS,
     DENSE_STAGES,
     STAGES,
@@ -55,28 +73,40 @@ from aquamvs_core.steps.surface import (
 )
 
 __all__ = [
+    "BED_CHANGE_STAGE",
+    "CHANGE_SUMMARY_TABLE",
     "CODE_VERSIONS",
     "DENSE_STAGES",
     "PAIR_DEPTH_ARRAYS",
     "STAGES",
+    "FrameChanges",
     "IngestedFrame",
     "Stage",
     "StoreCameras",
     "arrays_to_mesh",
+    "bed_change_step",
     "camera_depth_maps",
     "camera_depths_step",
+    "change_summary_step",
+    "compared_frames",
     "data_version",
     "dense_pairs",
     "depth_range",
+    "export_changes",
     "export_frame",
+    "export_heightfield",
     "fingerprint",
     "fused_cloud_step",
+    "heightfield_frames",
+    "heightfield_step",
     "ingest_frames",
     "mesh_step",
     "mesh_to_arrays",
     "pairwise_depths_step",
     "provenance",
+    "read_bed_change",
     "read_cloud",
+    "read_heightfield",
     "read_mesh",
     "read_pair_depth",
     "read_roma_pair_depth",
@@ -84,6 +114,7 @@ __all__ = [
     "source_hash",
     "sparse_cloud_step",
     "sparse_matches_step",
+    "survey_grid",
     "verify_frames",
     "write_calibration",
 ]

@@ -49,9 +49,13 @@ STAGES: tuple[Stage, ...] = (
     Stage(Product.CAMERA_DEPTHS, "camera"),
     Stage(Product.FUSED_CLOUD, "frame"),
     Stage(Product.MESH, "frame"),
+    Stage(Product.HEIGHTFIELD, "frame"),
 )
 #: The dense stages (those that the pathway's dense depth feeds).
 DENSE_STAGES: tuple[Stage, ...] = STAGES[2:]
+#: Not in :data:`STAGES`: a frame's bed change compares its heightfield with other frames' (see
+#: :mod:`aquamvs_core.steps.change`), so it runs after the reconstruction of every frame it needs.
+BED_CHANGE_STAGE = Stage(Product.BED_CHANGE, "frame")
 
 #: Code version of each step's result: bump it when a change to the science changes the product
 #: (it enters the fingerprints and is each asset's Dagster code version).
@@ -63,6 +67,8 @@ CODE_VERSIONS: dict[str, str] = {
     Product.CAMERA_DEPTHS: "1",
     Product.FUSED_CLOUD: "1",
     Product.MESH: "1",
+    Product.HEIGHTFIELD: "1",
+    Product.BED_CHANGE: "1",
 }
 
 

@@ -5,7 +5,7 @@ group written under the commit protocol of :mod:`aquamvs_core.store.commit`."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,11 @@ class SurveyStore:
     # -- pipeline products -----------------------------------------------------------------------
 
     def write_product(
-        self, path: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None
+        self,
+        path: str,
+        arrays: Mapping[str, np.ndarray],
+        attrs: Mapping[str, Any] | None = None,
+        chunking: Callable[[np.ndarray], tuple[int, ...]] = row_chunks,
     ) -> None:
         """Write a group of arrays at ``products/<path>`` and commit it (same protocol as frames).
 
@@ -205,6 +209,7 @@ class SurveyStore:
             path: e.g. ``"depth/f000001/cam0-cam1"``.
             arrays: name → numpy array (any dtype; NaN allowed).
             attrs: JSON-serialisable provenance and parameters.
+            chunking: chunk shape of each array (default: maps whole, long tables by rows).
 
         Raises:
             ValueError: invalid path, arrays or attrs (nothing is written).
@@ -216,7 +221,7 @@ class SurveyStore:
         meta = json_attrs(attrs, f"product {path}")
         group = self._group.require_group(f"{PRODUCTS}/{path}")
         commit_group(
-            group, lambda version: write_arrays(version, arrays, row_chunks), {**meta, "arrays": list(arrays)}
+            group, lambda version: write_arrays(version, arrays, chunking), {**meta, "arrays": list(arrays)}
         )
 
     def has_product(self, path: str) -> bool:

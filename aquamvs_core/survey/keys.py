@@ -70,9 +70,11 @@ class Product(StrEnum):
     CAMERA_DEPTHS = "camera_depths"  # per camera: its pairs combined
     FUSED_CLOUD = "fused_cloud"  # per frame
     MESH = "mesh"  # per frame
+    HEIGHTFIELD = "heightfield"  # per frame: the bed on the survey grid
+    BED_CHANGE = "bed_change"  # per frame and earlier frame: dz and its level of detection
 
 
 def product_path(product: Product | str, frame: str, part: str | None = None) -> str:
     """``<product>/<frame>[/<part>]``: a product's path under ``products/`` in the store (``part``
-    is a pair key or a camera name)."""
+    is a pair key, a camera name, or the earlier frame of a bed change)."""
     return f"{Product(product).value}/{frame}" + (f"/{part}" if part else "")

@@ -29,6 +29,9 @@ ASSETS = {
     "mesh",
     "benchmark_tables",
     "benchmark_summary",
+    "heightfield",
+    "bed_change",
+    "change_summary",
 }
 
 
@@ -39,7 +42,12 @@ def test_definitions_validate_and_are_scoped_to_the_survey(synthetic_survey_file
     assert {k.path[0] for k in keys} == {"synthetic-demo"} == {ns.survey}
     assert {k.path[-1] for k in keys} == ASSETS
     partitioned = {k.path[-1] for k in keys if defs.resolve_assets_def(k).partitions_def is not None}
-    assert partitioned == ASSETS - {"survey_calibration", "camera_pair_geometry", "benchmark_summary"}
+    assert partitioned == ASSETS - {
+        "survey_calibration",
+        "camera_pair_geometry",
+        "benchmark_summary",
+        "change_summary",
+    }
     for key in keys:  # every partitioned asset: the survey's own dynamic frame partitions only
         partitions = defs.resolve_assets_def(key).partitions_def
         if partitions is not None:
@@ -54,8 +62,9 @@ def test_definitions_validate_and_are_scoped_to_the_survey(synthetic_survey_file
 def test_the_stage_registry_names_the_assets_products_and_the_reconstruct_job(synthetic_survey_file, ns):
     defs = build_definitions(synthetic_survey_file)
     job_keys = defs.resolve_job_def(RECONSTRUCT_JOB).asset_layer.executable_asset_keys
-    assert set(reconstruction_asset_keys(ns)) <= set(job_keys)
-    assert reconstruction_asset_keys(ns) == [ns.key("frames"), *(ns.key(s.name) for s in STAGES)]
+    assert set(reconstruction_asset_keys(ns)) == set(job_keys)
+    chain = [ns.key("frames"), *(ns.key(s.name) for s in STAGES), ns.key("bed_change")]
+    assert reconstruction_asset_keys(ns) == chain
     for stage in STAGES:
         asset = defs.resolve_assets_def(ns.key(stage.name))
         assert Product(stage.name) is stage.product

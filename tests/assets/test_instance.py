@@ -102,7 +102,7 @@ def test_a_rerun_recomputes_nothing_and_a_new_configuration_only_what_it_changes
     store = SurveyStore(load_survey_spec(survey_file).store)
     instance = dg.DagsterInstance.from_config(str(home))
     before = _written(store)
-    assert len(before) == 8 + 1 + 4 + 4 + 1 + 1  # 8 sparse pairs, 4 dense pairs, 4 cameras
+    assert len(before) == 8 + 1 + 4 + 4 + 1 + 1 + 1  # 8 sparse pairs, 4 dense pairs, 4 cameras, heightfield
     run_reconstruction(survey_file, instance, FAST, FRAMES["rig-b"])
     assert _written(store) == before  # nothing recomputed
 
