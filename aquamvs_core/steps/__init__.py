@@ -29,8 +29,10 @@ from aquamvs_core.steps.depth import (
 from aquamvs_core.steps.ingestion import IngestedFrame, ingest_frames, write_calibration
 from aquamvs_core.steps.sparse import depth_range, sparse_cloud_step, sparse_matches_step
 from aquamvs_core.steps.surface import (
+    StoreViews,
     arrays_to_mesh,
     export_frame,
+    fuse_frame,
     fused_cloud_step,
     mesh_step,
     mesh_to_arrays,
@@ -45,12 +47,14 @@ __all__ = [
     "IngestedFrame",
     "Stage",
     "StoreCameras",
+    "StoreViews",
     "arrays_to_mesh",
     "camera_depth_maps",
     "camera_depths_step",
     "dense_pairs",
     "depth_range",
     "export_frame",
+    "fuse_frame",
     "fused_cloud_step",
     "ingest_frames",
     "mesh_step",
