@@ -54,7 +54,7 @@ from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.camera.sampling import SampleMode
 from aquamvs_core.runtime import TorchDevice, torch_threads
 from aquamvs_core.stages.depth_map import DepthMap
-from aquamvs_core.stages.fusion.cleanup import VoxelGrid, outliers_and_normals
+from aquamvs_core.stages.fusion.cleanup import VoxelGrid, outliers_and_normals, spatial_order
 from aquamvs_core.stages.fusion.cloud import FusedCloud
 from aquamvs_core.stages.fusion.consistency import (
     Agreement,
@@ -263,6 +263,8 @@ def fuse_views(
         del views
     merged = grid.means()
     del grid
+    order = spatial_order(merged["wpos"] / merged["w"][:, 0:1], 1e-3)
+    merged = {k: v[order] for k, v in merged.items()}
     wsum = merged["w"][:, 0:1]
     if wsum.shape[0] == 0:
         empty = FusedCloud.empty()
