@@ -431,8 +431,9 @@ def grouped(run: dict) -> list[dict]:
 
 
 def _median_run(result: dict) -> dict:
+    """The run of median wall time (of an even number, the faster of the middle two)."""
     runs = sorted(result["runs"], key=lambda r: r["wall_s"])
-    return runs[len(runs) // 2]
+    return runs[(len(runs) - 1) // 2]
 
 
 def _table(result: dict) -> list[str]:
@@ -538,7 +539,7 @@ def render(before: dict, after: dict) -> str:
             "",
             f"- **Before:** {before['label']} (commit {before['commit']}), {before['date']}. Runs: {_runs_line(before)}.",
             f"- **After:** {after['label']} (commit {after['commit']}), {after['date']}. Runs: {_runs_line(after)}.",
-            "- Tables: the median run of each.",
+            "- Tables: the median run of each (of two, the faster).",
             "",
             *summary,
             "",
