@@ -1,19 +1,23 @@
-"""Time :func:`aquamvs_core.stages.fusion.fuse_depth_maps` on one frame of a survey store, by part, and score it.
+"""Time :func:`aquamvs_core.stages.fusion.fuse_views` on one frame of a survey store, by part, with its
+peak memory, and score the cloud against the ground truth.
 
-Usage::
+Usage (from the repository root)::
 
-    python benchmarks/fusion_bench.py --store /tmp/prof.zarr --frame f000000 \
-        --gt .data/demo/ground_truth.npz [--repeat 1] [--save-points out.npy]
+    python benchmarks/fusion_bench.py --store OUT/.aquamvs/store.zarr --gt .data/demo/ground_truth.npz \
+        [--frame f000000] [--preset balanced] [--set chunk_size=32768 ...] [--save-points out.npy]
 
-Parts are timed by wrapping the module's helpers (consistency per camera, voxel reduction, outlier
-removal, normals); the visibility mask of the ground truth is cached next to the store's name in
-/tmp (it does not depend on the fusion).
+The views are streamed from the store as in the ``fused_cloud`` step. Parts are timed by wrapping
+the fusion modules' functions (consistency per source camera, voxel grid, outliers and normals); the
+visibility mask of the ground truth is cached in /tmp (it does not depend on the fusion).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,72 +25,91 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aquamvs_core import steps as R
-from aquamvs_core.config import build_config
-from aquamvs_core.evaluation.metrics import reconstruction_metrics, visibility_count
-from aquamvs_core.stages import fusion as F
-from aquamvs_core.store import SurveyStore
-from aquamvs_core.synthetic import load_ground_truth
-from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aquamvs_core import steps  # noqa: E402
+from aquamvs_core.config import build_config  # noqa: E402
+from aquamvs_core.evaluation.metrics import reconstruction_metrics, visibility_count  # noqa: E402
+from aquamvs_core.evaluation.profiling import Profiler  # noqa: E402
+from aquamvs_core.stages.fusion import cleanup, fuse  # noqa: E402
+from aquamvs_core.store import SurveyStore  # noqa: E402
+from aquamvs_core.synthetic import load_ground_truth  # noqa: E402
+from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
+CPU: dict[str, float] = defaultdict(float)
 
 
 def _timed(name: str, fn):
     def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return fn(*args, **kwargs)
         finally:
             TIMES[name] += time.perf_counter() - t0
+            CPU[name] += time.process_time() - c0
 
     return wrapper
 
 
+def seen_mask(store: SurveyStore, cams: steps.StoreCameras, gt_path: str, frame: str) -> np.ndarray:
+    """Ground-truth cells seen by two or more cameras (cached in /tmp)."""
+    key = hashlib.sha1(f"{Path(store.root).resolve()}:{frame}:{gt_path}".encode()).hexdigest()[:12]
+    cache = Path(f"/tmp/fusion_bench_seen_{key}.npy")
+    if cache.is_file():
+        return np.load(cache)
+    gt = load_ground_truth(gt_path)
+    index = int(frame.lstrip("f"))
+    depth = gt_depth_maps(store.read_rig(), gt, index)
+    seen = visibility_count(gt, index, cams.cameras, cams.masks, depth) >= 2
+    np.save(cache, seen)
+    return seen
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--store", default="/tmp/prof.zarr")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True)
     ap.add_argument("--frame", default="f000000")
-    ap.add_argument("--gt", default=".data/demo/ground_truth.npz")
-    ap.add_argument("--preset", default="fast")
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--gt", default=None, help="ground_truth.npz: score the cloud")
+    ap.add_argument("--preset", default="balanced")
+    ap.add_argument("--set", nargs="*", default=[], help="fusion fields, e.g. pixel_stride=2")
     ap.add_argument("--save-points", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    st = SurveyStore(args.store, read_only=True)
-    cfg = build_config(args.preset)
-    maps = R.camera_depth_maps(st, args.frame)
-    cams = R.StoreCameras.load(st)
-    images = st.read_frame(args.frame, list(maps))
-    gt = load_ground_truth(args.gt)
-    frame_index = int(args.frame.lstrip("f"))
-    key = hashlib.sha1(f"{Path(args.store).resolve()}:{args.frame}:{args.gt}".encode()).hexdigest()[:12]
-    cache = Path(f"/tmp/fusion_bench_seen_{key}.npy")
-    if cache.is_file():
-        seen = np.load(cache)
-    else:
-        rig = st.read_rig()
-        depth = gt_depth_maps(rig, gt, frame_index)
-        seen = visibility_count(gt, frame_index, cams.cameras, cams.masks, depth) >= 2
-        np.save(cache, seen)
-
-    F._camera_points = _timed("consistency", F._camera_points)
-    F._voxel_reduce = _timed("voxel", F._voxel_reduce)
-    F._outlier_mask = _timed("outliers", F._outlier_mask)
-    F.estimate_normals = _timed("normals", F.estimate_normals)
-
-    best = None
-    for _ in range(args.repeat):
-        TIMES.clear()
-        t0 = time.perf_counter()
-        cloud = F.fuse_depth_maps(maps, cams.cameras, images, cfg.fusion)
-        TIMES["total"] = time.perf_counter() - t0
-        if best is None or TIMES["total"] < best["total"]:
-            best = dict(TIMES)
-    print("times (s):", {k: round(v, 2) for k, v in best.items()})
+    store = SurveyStore(args.store, read_only=True)
+    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    config = build_config(args.preset, overrides={"fusion": overrides} if overrides else None)
+    cams = steps.StoreCameras.load(store)
+    fuse.source_points = _timed("consistency: source points", fuse.source_points)
+    fuse.tiles_seen = _timed("consistency: witness tiles", fuse.tiles_seen)
+    fuse.check_witness = _timed("consistency: witness tests", fuse.check_witness)
+    fuse.VoxelGrid.add = _timed("voxel grid", fuse.VoxelGrid.add)
+    fuse.outliers_and_normals = _timed("outliers and normals", cleanup.outliers_and_normals)
+    profiler = Profiler()
+    t0 = time.perf_counter()
+    with profiler.stage("fused_cloud"):
+        cloud = steps.fuse_frame(store, args.frame, cams, config)
+    TIMES["total"] = time.perf_counter() - t0
+    rec = profiler.records[-1]
+    print(f"load {os.getloadavg()[0]:.2f}; fusion config: {config.fusion.model_dump(exclude_defaults=True)}")
+    print("wall (s):", {k: round(v, 2) for k, v in TIMES.items()})
+    print("cpu (s):", {k: round(v, 2) for k, v in CPU.items()})
+    print(f"cpu {rec.cpu_s:.2f} s, peak RSS {rec.peak_rss_mb:.0f} MB (before {rec.rss_before_mb:.0f} MB)")
     print("stats:", cloud.stats, "points:", len(cloud))
-    print("metrics:", reconstruction_metrics(cloud.points, gt, frame_index, seen_mask=seen))
+    if args.gt:
+        gt = load_ground_truth(args.gt)
+        seen = seen_mask(store, cams, args.gt, args.frame)
+        metrics = reconstruction_metrics(cloud.points, gt, int(args.frame.lstrip("f")), seen_mask=seen)
+        print("metrics:", {k: round(float(v), 4) for k, v in metrics.items()})
     if args.save_points:
         np.save(args.save_points, cloud.points)
 

@@ -39,25 +39,28 @@ from aquamvs_core.survey import frame_key, load_survey_spec  # noqa: E402
 DEMO = ROOT / ".data" / "demo"
 
 
-def ensure_demo() -> Path:
+def ensure_demo(ingested: bool = True) -> Path:
     """The demo survey, generated and ingested if missing (through the CLI, i.e. through Dagster)."""
     spec_file = DEMO / "survey.yaml"
     store = DEMO / "store.zarr"
-    if not spec_file.exists() or not SurveyStore(store).list_frames():
-        subprocess.run([str(ROOT / ".venv" / "bin" / "aquamvs"), "demo"], check=True, cwd=ROOT)
+    if not spec_file.exists() or (ingested and not SurveyStore(store).list_frames()):
+        cmd = [sys.executable, "-m", "aquamvs_assets.cli", "demo", "--no-reconstruct"]
+        subprocess.run(cmd, check=True, cwd=ROOT)
     return spec_file
 
 
-def run_preset(spec_file: Path, preset: str, frame: int, work: Path) -> dict:
+def run_preset(spec_file: Path, preset: str, frame: int, work: Path, source_store: str | None = None) -> dict:
     spec = load_survey_spec(spec_file)
     store_path = work / f"store-{preset}.zarr"
-    shutil.copytree(spec.store, store_path)
+    shutil.copytree(source_store or spec.store, store_path)
     store = SurveyStore(store_path)
     rig = store.read_rig()
     pairs = select_pairs(rig, spec.pair_neighbours)
     config = build_config(preset)
     key = frame_key(frame)
+    load_before = os.getloadavg()[0]
     profiler, sizes = profile_frame(store, key, pairs, config)
+    load = f"{load_before:.1f} → {os.getloadavg()[0]:.1f}"
     table = profiler.table().set_index("stage")
     times = {stage: float(table.loc[stage, "wall_s"]) for stage in STAGES}
     for name, seconds in times.items():
@@ -74,6 +77,7 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path) -> dict:
         "points": sizes["points"],
         "vertices": sizes["vertices"],
         "peak_rss_mb": round(float(table["peak_rss_mb"].max())),
+        "load": load,
         "quality": report,
     }
 
@@ -96,7 +100,7 @@ def to_markdown(rows: list[dict], frame: int, survey: str) -> str:
     head = (
         "| preset | depths | "
         + " | ".join(stages)
-        + " | dense total | all stages | points | median mm | p90 mm | outliers | completeness (≥2 views) | 2–3 views | peak RSS MB |"
+        + " | dense total | all stages | points | median mm | p90 mm | outliers | completeness (≥2 views) | 2–3 views | ≥4 views | quality gate | peak RSS MB | load |"
     )
     sep = "|" + "---|" * (head.count("|") - 1)
     lines = [head, sep]
@@ -108,7 +112,8 @@ def to_markdown(rows: list[dict], frame: int, survey: str) -> str:
             + f" | **{r['dense_s']:.1f} s** | {r['total_s']:.1f} s | {r['points']:,} | {q['cloud_median_abs_error_mm']:.3f}"
             f" | {q['cloud_p90_abs_error_mm']:.3f} | {100 * q['cloud_outlier_fraction']:.3f} %"
             f" | {100 * q['cloud_completeness']:.1f} % | {100 * q.get('completeness_2_to_3_views', float('nan')):.1f} %"
-            f" | {r['peak_rss_mb']} |"
+            f" | {100 * q.get('completeness_4plus_views', float('nan')):.1f} % | {'met' if q['passed'] else '**not met**'}"
+            f" | {r['peak_rss_mb']} | {r['load']} |"
         )
     mesh = [
         f"| {r['preset']} | {r['quality']['mesh_median_abs_error_mm']:.3f} | {r['quality']['mesh_p90_abs_error_mm']:.3f}"
@@ -123,8 +128,10 @@ def to_markdown(rows: list[dict], frame: int, survey: str) -> str:
             f"{rows[0]['pairs']} directed pairs). Machine: {machine()}.",
             "Accuracy is the fused cloud's vertical error against the ground-truth heightfield; "
             "completeness is over ground-truth cells seen by two or more cameras (occlusion-aware).",
-            "Dense total = pairwise depths + camera depths + fusion + mesh. Dagster adds ~0.3–1 s per run "
-            "(5 runs per frame through the CLI).",
+            "Dense total = pairwise depths + camera depths + fusion + mesh. The stage times come from the "
+            "store-level steps called directly (no Dagster, no process start: see "
+            "`results/frame_profile_cpu.md` for a whole `aquamvs reconstruct` process). Quality gate: "
+            "`QualityTargets` (median ≤ 0.3 mm, p90 ≤ 1 mm, outliers ≤ 0.5 %, completeness ≥ 90 %).",
             "",
             *lines,
             "",
@@ -144,13 +151,17 @@ def main() -> int:
     parser.add_argument("--frame", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipeline_cpu.md"))
+    parser.add_argument("--store", default=None, help="an ingested store of the demo survey to copy")
+    parser.add_argument("--keep", default=None, help="keep each preset's store in this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    spec_file = ensure_demo()
+    spec_file = ensure_demo(ingested=args.store is None)
     rows = []
     with tempfile.TemporaryDirectory(prefix="aquamvs-bench-") as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for preset in args.presets:
-            rows.append(run_preset(spec_file, preset, args.frame, Path(tmp)))
+            rows.append(run_preset(spec_file, preset, args.frame, work, args.store))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_markdown(rows, args.frame, str(spec_file.relative_to(ROOT))))

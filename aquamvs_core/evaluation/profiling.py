@@ -7,11 +7,14 @@ that torch, Open3D and NumPy allocate outside Python's heap.
 
 from __future__ import annotations
 
+import os
+import platform
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -114,3 +117,23 @@ class Profiler:
                 f"(+{row['rss_growth_mb']:.0f} MB during the stage)"
             )
         return lines
+
+
+def machine_info() -> dict[str, object]:
+    """The processor model (``/proc/cpuinfo``), core count, memory, Python and torch versions, the
+    torch thread count and the current load averages: what every benchmark table states."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor()
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load": [round(x, 2) for x in os.getloadavg()],
+    }

@@ -63,8 +63,10 @@ from aquamvs_core.steps.ingestion import (
 )
 from aquamvs_core.steps.sparse import depth_range, sparse_cloud_step, sparse_matches_step
 from aquamvs_core.steps.surface import (
+    StoreViews,
     arrays_to_mesh,
     export_frame,
+    fuse_frame,
     fused_cloud_step,
     mesh_step,
     mesh_to_arrays,
@@ -83,6 +85,7 @@ __all__ = [
     "IngestedFrame",
     "Stage",
     "StoreCameras",
+    "StoreViews",
     "arrays_to_mesh",
     "bed_change_step",
     "camera_depth_maps",
@@ -96,6 +99,7 @@ __all__ = [
     "export_frame",
     "export_heightfield",
     "fingerprint",
+    "fuse_frame",
     "fused_cloud_step",
     "heightfield_frames",
     "heightfield_step",

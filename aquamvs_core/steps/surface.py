@@ -1,5 +1,9 @@
 """Surface steps: the fused cloud (``fused_cloud``) and the mesh (``mesh``) of a frame, their
-readers, and the export of both to files."""
+readers, and the export of both to files.
+
+Both stream the cameras from the store (:class:`StoreViews`): a camera's depth map and image are
+read when the stage needs them, so the memory these steps need does not grow with the number of
+cameras."""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+import torch
 
 from aquamvs_core.config import ReconstructionConfig
-from aquamvs_core.stages.fusion import FusedCloud, fuse_depth_maps
+from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.fusion import FusedCloud, FusionView, fuse_views
 from aquamvs_core.stages.mesh import build_mesh, export_mesh
 from aquamvs_core.steps.common import (
     StoreCameras,
@@ -21,9 +27,40 @@ from aquamvs_core.steps.common import (
     provenance,
     reusable,
 )
-from aquamvs_core.steps.depth import camera_depth_maps
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, frame_index, product_path
+
+
+class StoreViews:
+    """A frame's per-camera fusion inputs, read from the store on demand: ``views(name)`` is the
+    camera's combined depth map (``camera_depths/<frame>/<name>``) and its undistorted image."""
+
+    def __init__(self, store: SurveyStore, frame: str, images: bool = True):
+        self.store, self.frame, self.images = store, frame, images
+        self.names = store.list_products(product_path(Product.CAMERA_DEPTHS, frame))
+        self.seconds = 0.0  # spent reading
+
+    def __call__(self, name: str) -> FusionView:
+        t0 = time.perf_counter()
+        key = product_path(Product.CAMERA_DEPTHS, self.frame, name)
+        arrays = self.store.read_product(key, ["depth", "confidence"])
+        image = self.store.read_frame(self.frame, [name])[name] if self.images else None
+        self.seconds += time.perf_counter() - t0
+        depth = DepthMap(name, torch.from_numpy(arrays["depth"]), torch.from_numpy(arrays["confidence"]))
+        return FusionView(depth, image)
+
+
+def fuse_frame(
+    store: SurveyStore, frame: str, cams: StoreCameras, config: ReconstructionConfig
+) -> FusedCloud:
+    """The frame's fused cloud from its camera depth maps, streamed from the store (not written)."""
+    views = StoreViews(store, frame)
+    if not views.names:
+        raise FileNotFoundError(f"{store.root}: frame {frame} has no camera depth maps")
+    sizes = {name: cams.masks[name].shape for name in views.names}
+    cloud = fuse_views(views, sizes, cams.cameras, config.fusion)
+    cloud.stats["read_seconds"] = round(views.seconds, 3)
+    return cloud
 
 
 def fused_cloud_step(store: SurveyStore, frame: str, config: ReconstructionConfig) -> FusedCloud:
@@ -37,11 +74,9 @@ def fused_cloud_step(store: SurveyStore, frame: str, config: ReconstructionConfi
         cloud = read_cloud(store, frame)
         cloud.stats = dict(stored.get("stats", {}))
         return cloud
-    depth_maps = camera_depth_maps(store, frame)
     cams = StoreCameras.load(store)
-    images = store.read_frame(frame, list(depth_maps))
     t0 = time.perf_counter()
-    cloud = fuse_depth_maps(depth_maps, cams.cameras, images, config.fusion)
+    cloud = fuse_frame(store, frame, cams, config)
     summary = {"points": len(cloud), "seconds": round(time.perf_counter() - t0, 3)}
     store.write_product(
         path, cloud.as_arrays(), provenance(cams, frame, config, expected, summary, stats=cloud.stats)
@@ -81,7 +116,8 @@ def arrays_to_mesh(arrays: dict[str, np.ndarray]) -> o3d.geometry.TriangleMesh:
 
 def mesh_step(store: SurveyStore, frame: str, config: ReconstructionConfig) -> o3d.geometry.TriangleMesh:
     """Mesh the frame's fused cloud, colour vertices from the best view; writes ``mesh/<frame>``
-    (reused when current)."""
+    (reused when current). The views that colour it are the cameras with a depth map, read one at
+    a time."""
     cameras = store.list_products(product_path(Product.CAMERA_DEPTHS, frame))
     path = product_path(Product.MESH, frame)
     cloud_fp = product_fingerprint(store, product_path(Product.FUSED_CLOUD, frame))
@@ -90,10 +126,10 @@ def mesh_step(store: SurveyStore, frame: str, config: ReconstructionConfig) -> o
         return read_mesh(store, frame)
     cloud = read_cloud(store, frame)
     cams = StoreCameras.load(store)
-    depth_maps = camera_depth_maps(store, frame)
-    images = store.read_frame(frame, list(depth_maps))
+    views = StoreViews(store, frame)
+    cameras = {name: cams.cameras[name] for name in views.names}
     t0 = time.perf_counter()
-    mesh = build_mesh(cloud, config.mesh, cams.cameras, images, depth_maps, cams.masks)
+    mesh = build_mesh(cloud, config.mesh, cameras, masks=cams.masks, views=views)
     summary = {"vertices": len(mesh.vertices), "seconds": round(time.perf_counter() - t0, 3)}
     store.write_product(
         path,

@@ -219,30 +219,6 @@ def test_missing_camera_or_bad_image_is_an_error(scene):
         fuse_depth_maps({"cam0": scene.depth["cam0"]}, scene.cameras, bad)
 
 
-def test_numpy_voxel_reduction_matches_open3d():
-    from aquamvs_core.stages.fusion.fuse import _voxel_reduce, _voxel_reduce_fast
-
-    rng = np.random.default_rng(3)
-    n = 20000
-    pos = rng.uniform(-0.02, 0.02, (n, 3)) * [1.0, 1.0, 0.1] + [0.0, 0.0, 0.9]
-    attrs = {
-        "positions": pos,
-        "w": rng.uniform(0.1, 1.0, (n, 1)),
-        "wpos": 2.0 * pos,
-        "wcol": rng.uniform(0.0, 255.0, (n, 3)),
-        "support": rng.integers(1, 8, (n, 1)).astype(np.float64),
-    }
-    ref, got = _voxel_reduce(attrs, 0.001), _voxel_reduce_fast(attrs, 0.001)
-    assert got["positions"].shape == ref["positions"].shape
-
-    def by_cell(d):
-        return np.lexsort(np.floor(d["wpos"] / 2.0 / 0.001).T)
-
-    i, j = by_cell(ref), by_cell(got)
-    for k, tol in [("positions", 1e-6), ("w", 1e-6), ("wpos", 1e-6), ("wcol", 1e-3), ("support", 1e-5)]:
-        np.testing.assert_allclose(got[k][j], ref[k][i], atol=tol)
-
-
 def test_pixel_stride_uses_a_quarter_of_the_source_pixels_and_stays_accurate(scene, fused_gt):
     cfg = FusionConfig(pixel_stride=2)
     cloud = fuse_depth_maps(scene.depth, scene.cameras, scene.images, cfg)

@@ -6,49 +6,66 @@ matching :class:`~aquamvs_core.camera.refraction.RefractiveCamera` (built with t
 intrinsics) and optionally the undistorted (H, W, 3) uint8 RGB images for colours. Frames and units
 are those of :mod:`aquamvs_core.camera.calibration` (world Z down, metres).
 
-:func:`fuse_depth_maps` works camera by camera, in chunks of pixels (memory stays bounded):
+:func:`fuse_views` works one source camera at a time and streams the cameras: a camera's maps are
+loaded when they are needed (through a cache of at most ``view_cache_mb``), so memory does not grow
+with the number of cameras; :func:`fuse_depth_maps` is the same on maps already in memory.
 
 1. **Consistency.** A source pixel with a depth (and confidence ≥ ``min_confidence``) gives the world
-   point ``X = o + s d``. ``X`` is projected into every other camera *j* with the exact refractive
-   projection; *j*'s depth map is sampled there (bilinear) and *j*'s point ``X'_j`` on the same
-   ray is rebuilt. Camera *j* agrees when ``|X - X'_j| <= tol_3d_mm + tol_rel · s`` (``X'_j``
-   lies on *j*'s ray through ``X``, so this is the ray-depth disagreement seen from *j*, an
-   occluder in front of ``X`` included). The bilinear read falls back to the nearest pixel where
-   the four depths are not nearly coplanar, so one wrong depth is not blended into its neighbours
-   (see :func:`sample_map`). The point is kept when at least ``min_consistent_views`` other
-   cameras agree and fewer cameras see *through* it (their depth there lies beyond ``X``: free
-   space that ``X`` would block) than agree with it.
+   point ``X = o + s d``. ``X`` is projected into every other camera *j* whose image the source's
+   points can reach (decided per 16-pixel tile from the rig geometry, see
+   :mod:`.consistency`) with the exact refractive projection; *j*'s depth map is sampled there
+   (bilinear) and *j*'s point ``X'_j`` on the same ray is rebuilt. Camera *j* agrees when
+   ``|X - X'_j| <= tol_3d_mm + tol_rel · s`` (``X'_j`` lies on *j*'s ray through ``X``, so this is
+   the ray-depth disagreement seen from *j*, an occluder in front of ``X`` included). The bilinear
+   read falls back to the nearest pixel where the four depths are not nearly coplanar, so one wrong
+   depth is not blended into its neighbours (see :func:`sample_map`). The point is kept when at
+   least ``min_consistent_views`` other cameras agree and fewer cameras see *through* it (their
+   depth there lies beyond ``X``: free space that ``X`` would block) than agree with it.
 2. **Merging.** The kept point is the confidence-weighted mean of ``X`` and all agreeing ``X'_j``;
    its colour is the mean of the colours seen by those views (bilinear at the projected pixels);
    ``support`` counts the agreeing cameras, the source included.
-3. **De-duplication.** Each camera's points are reduced on a voxel grid (Open3D tensor
-   ``voxel_down_sample``, which averages every point attribute), then all cameras' points together.
-   Positions and colours are carried as confidence-weighted sums, so the result in a voxel is
-   ``Σ_c W̄_c X̂_c / Σ_c W̄_c``: each camera's confidence-weighted mean ``X̂_c`` within the voxel,
-   weighted by its mean confidence ``W̄_c`` there (cameras with more pixels in the voxel do not
-   dominate: their points are already multi-view means). ``support`` is averaged and rounded.
-4. **Outlier removal** (Open3D statistical outlier removal), before anything is returned or written.
-5. **Normals** (Open3D, k nearest neighbours), oriented towards the cameras: each point carries the
-   mean direction back along the refracted rays of the views that agreed on it, and its normal is
-   flipped to face that way (for a bed seen from above: pointing up, -Z).
+3. **De-duplication.** Each camera's points are averaged on a voxel grid (cells
+   ``floor(X / voxel)``, as Open3D's ``voxel_down_sample``), then the cameras' per-voxel means are
+   averaged (:class:`~.cleanup.VoxelGrid`, as each camera arrives). Positions and colours are
+   carried as confidence-weighted sums, so the result in a voxel is ``Σ_c W̄_c X̂_c / Σ_c W̄_c``: each
+   camera's confidence-weighted mean ``X̂_c`` within the voxel, weighted by its mean confidence
+   ``W̄_c`` there (cameras with more pixels in the voxel do not dominate: their points are already
+   multi-view means). ``support`` is averaged and rounded.
+4. **Outlier removal** (statistical, as Open3D's), before anything is returned or written.
+5. **Normals** (PCA of the k nearest neighbours, as Open3D's), from the same neighbour search as the
+   outlier removal (:func:`~.cleanup.outliers_and_normals`), oriented towards the cameras: each
+   point carries the mean direction back along the refracted rays of the views that agreed on it,
+   and its normal is flipped to face that way (for a bed seen from above: pointing up, -Z).
+
+The consistency test runs in float32 on ``device`` (pixels to ~1e-4 px, points to ~0.1 µm, far
+below the millimetre tolerances); positions are summed in float64.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Mapping
 
 import numpy as np
-import open3d as o3d
-import open3d.core as o3c
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from aquamvs_core.camera.refraction import RefractiveCamera
-from aquamvs_core.camera.sampling import SampleMode, image_tensor, sample_flat_bilinear, sample_map
-from aquamvs_core.runtime import torch_threads
+from aquamvs_core.camera.sampling import SampleMode
+from aquamvs_core.runtime import TorchDevice, torch_threads
 from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.fusion.cleanup import VoxelGrid, outliers_and_normals, spatial_order
 from aquamvs_core.stages.fusion.cloud import FusedCloud
+from aquamvs_core.stages.fusion.consistency import (
+    Agreement,
+    check_witness,
+    source_points,
+    tile_boxes,
+    tiles_seen,
+)
+from aquamvs_core.stages.fusion.views import FusionView, ViewCache, ViewLoader
+
+log = logging.getLogger("aquamvs.fusion")
 
 # --------------------------------------------------------------------------------------------
 # Configuration and result
@@ -83,13 +100,17 @@ class FusionConfig(BaseModel):
         normal_neighbors: neighbours used to estimate each normal (k nearest).
         normal_radius_mm: optional search radius for the normals, mm (None: k nearest only, which
             adapts to the point density).
-        chunk_size: source pixels processed at once (bounds memory: ~1 kB per pixel).
+        chunk_size: source points tested against a witness at once (bounds the temporaries: ~1 kB
+            a point).
         pixel_stride: use every n-th pixel of every n-th row of each depth map as a source point
             (witness maps are still read at full resolution). 2 quarters the work; with several
             overlapping cameras the cloud stays denser than a 1-2 mm voxel grid.
         threads: torch intra-op threads while fusing (None: leave torch's setting alone). One by
             default: the work is many small element-wise ops, which multi-threading on a small,
             busy CPU slows down many times over (measured 10-20x on 2 shared cores).
+        device: torch device of the consistency test (the neighbour searches run on the CPU).
+        view_cache_mb: prepared camera maps kept in memory at once, MB (20 bytes a pixel with an
+            image: 38 MB for 1600×1200); more cameras than fit are reloaded when needed again.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -108,6 +129,8 @@ class FusionConfig(BaseModel):
     chunk_size: int = Field(1 << 16, ge=1024)
     pixel_stride: int = Field(1, ge=1, le=8)
     threads: int | None = Field(1, ge=1)
+    device: TorchDevice = "cpu"
+    view_cache_mb: float = Field(768.0, ge=0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,250 +138,74 @@ class FusionConfig(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Witness:
-    """What a camera contributes as a witness: its model, (H, W, 2) [depth, confidence] with
-    unusable depths set to NaN, its image (or None) and both as one flattened map."""
-
-    camera: RefractiveCamera
-    depth_conf: torch.Tensor
-    image: torch.Tensor | None
-    # (H·W, 2 or 5) [depth, confidence(, r, g, b)]: one gather reads depth and colour together.
-    flat: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        both = self.depth_conf if self.image is None else torch.cat([self.depth_conf, self.image], dim=-1)
-        self.flat = both.reshape(-1, both.shape[-1]).contiguous()
-
-
-def _witnesses(
-    depth_maps: dict[str, DepthMap],
-    cameras: dict[str, RefractiveCamera],
-    images: dict[str, np.ndarray] | None,
-    min_confidence: float,
-) -> dict[str, _Witness]:
-    out: dict[str, _Witness] = {}
-    for name, dm in depth_maps.items():
-        if name not in cameras:
-            raise KeyError(f"depth map {name!r} has no camera (cameras: {sorted(cameras)})")
-        depth = dm.depth.detach().to("cpu", torch.float32)
-        conf = dm.confidence.detach().to("cpu", torch.float32)
-        usable = torch.isfinite(depth) & (conf >= min_confidence) & (depth >= 0)
-        depth = torch.where(usable, depth, torch.full_like(depth, math.nan))
-        image = None
-        if images is not None and name in images:
-            image = image_tensor(images[name], tuple(depth.shape), f"image of camera {name!r}")
-        out[name] = _Witness(cameras[name], torch.stack([depth, conf], dim=-1), image)
-    return out
-
-
-@dataclass
-class _Accum:
-    """Per-source-pixel sums of one chunk (all (n, ·) float64 except ``count``)."""
-
-    w: torch.Tensor  # Σ weights
-    wx: torch.Tensor  # Σ weight · point
-    wview: torch.Tensor  # Σ weight · unit direction back towards the camera
-    col: torch.Tensor  # Σ colours
-    ncol: torch.Tensor  # number of colours
-    count: torch.Tensor  # other cameras that agree (int)
-    through: torch.Tensor  # other cameras that see through the point (free-space violations, int)
-
-
-def _consistent_chunk(
-    src: str,
-    pix: torch.Tensor,
-    witnesses: dict[str, _Witness],
-    config: FusionConfig,
-) -> tuple[torch.Tensor, _Accum]:
-    """Test source pixels ``pix`` (n, 2) float64 of camera ``src`` against every other camera.
-
-    Returns the source points' validity (n,) and the accumulated sums over the agreeing views
-    (the source included)."""
-    me = witnesses[src]
-    n = pix.shape[0]
-    o, d, ok_ray = me.camera.cast_ray(pix)
-    dc, _ = sample_map(me.depth_conf, pix, "nearest")  # integer pixels: exact values
-    s, conf = dc[:, 0], dc[:, 1].clamp_min(1e-3)
-    ok = ok_ray & torch.isfinite(s)
-    s = torch.nan_to_num(s)
-    x = o + s.unsqueeze(1) * d
-    tol = config.tol_3d_mm * 1e-3 + config.tol_rel * s
-
-    acc = _Accum(
-        w=conf.clone(),
-        wx=conf.unsqueeze(1) * x,
-        wview=-conf.unsqueeze(1) * d,
-        col=torch.zeros(n, 3, dtype=torch.float64),
-        ncol=torch.zeros(n, dtype=torch.float64),
-        count=torch.zeros(n, dtype=torch.int64),
-        through=torch.zeros(n, dtype=torch.int64),
-    )
-    if me.image is not None:
-        col, ok_c = sample_map(me.image, pix, "nearest")
-        acc.col += torch.nan_to_num(col)
-        acc.ncol += ok_c.to(torch.float64)
-
-    # Only source points with a depth are projected; each witness then reads its maps only where
-    # the projection can have a pixel (the others cannot agree or see through).
-    sel = torch.nonzero(ok).squeeze(1)
-    x_sel, tol_sel = x[sel], tol[sel]
-    for name, wit in witnesses.items():
-        if name == src or sel.numel() == 0:
-            continue
-        h, w = wit.depth_conf.shape[:2]
-        uv, ok_p = wit.camera.project(x_sel)
-        u, v = uv[:, 0], uv[:, 1]
-        near_image = ok_p & (u > -1) & (u < w) & (v > -1) & (v < h)  # False where NaN
-        sub = torch.nonzero(near_image).squeeze(1)
-        if sub.numel() == 0:
-            continue
-        idx, uv, xi, toli = sel[sub], uv[sub], x_sel[sub], tol_sel[sub]
-        plain = 2 if wit.image is not None else None
-        if config.sampling == "nearest":
-            sample, ok_s = sample_map(wit.depth_conf, uv, "nearest")
-            col_ok = None
-        else:
-            sample, ok_s, col_ok = sample_flat_bilinear(wit.flat, h, w, uv, toli, plain)
-        o_j, d_j, ok_r = wit.camera.cast_ray(uv)
-        x_j = o_j + torch.nan_to_num(torch.where(ok_s.unsqueeze(1), sample[:, :1], 0.0)) * d_j
-        seen = ok_s & ok_r
-        agree = seen & ((xi - x_j).norm(dim=1) <= toli)
-        # j's surface lies beyond X along j's ray: j sees through the place where X would be.
-        through = seen & ((x_j - o_j).norm(dim=1) > (xi - o_j).norm(dim=1) + toli)
-        acc.through.index_add_(0, idx, through.to(torch.int64))
-        a = torch.nonzero(agree).squeeze(1)
-        if a.numel() == 0:
-            continue
-        ia = idx[a]
-        w_j = sample[a, 1].clamp_min(1e-3)
-        acc.w.index_add_(0, ia, w_j)
-        acc.wx.index_add_(0, ia, w_j.unsqueeze(1) * x_j[a])
-        acc.wview.index_add_(0, ia, -(w_j.unsqueeze(1) * d_j[a]))
-        acc.count.index_add_(0, ia, torch.ones_like(ia))
-        if wit.image is not None:
-            if col_ok is None:  # nearest depth sampling: colours are still read bilinearly
-                col, ok_c = sample_map(wit.image, uv[a], "bilinear")
-            else:
-                col, ok_c = sample[a, 2:], col_ok[a]
-            use = torch.nonzero(ok_c).squeeze(1)
-            acc.col.index_add_(0, ia[use], col[use])
-            acc.ncol.index_add_(0, ia[use], torch.ones(use.numel(), dtype=torch.float64))
-    return ok, acc
-
-
 def _camera_points(
-    src: str, witnesses: dict[str, _Witness], config: FusionConfig
-) -> tuple[dict[str, np.ndarray], int]:
-    """Fused points whose source is camera ``src``, as voxel-ready attribute arrays.
+    src: str, names: list[str], views: ViewCache, config: FusionConfig
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
+    """Fused points whose source is camera ``src``: merged positions (n, 3) and the voxel
+    attributes (weight and weighted point, colour, view direction; support), and counts."""
+    me = views.get(src)
+    points, n_src = source_points(
+        me, config.pixel_stride, config.tol_3d_mm, config.tol_rel, config.chunk_size
+    )
+    counts = {"source_pixels": n_src, "witnesses": 0}
+    acc = Agreement(points)
+    if len(points):
+        used, corners = tile_boxes(points)
+        for name in names:
+            if name == src:
+                continue
+            seen = tiles_seen(views.cameras[name], views.sizes[name], used, corners, points.n_tiles)
+            candidates = torch.nonzero(seen[points.tile]).squeeze(1)
+            if candidates.numel() == 0:
+                continue  # the source's points cannot reach this camera: never loaded for it
+            witness = views.get(name)
+            counts["witnesses"] += 1
+            for start in range(0, candidates.numel(), config.chunk_size):
+                check_witness(
+                    points, candidates[start : start + config.chunk_size], witness, acc, config.sampling
+                )
+            me = views.get(src)  # keep the source most recently used
+    keep = acc.count >= config.min_consistent_views
+    if config.free_space_check:
+        keep &= acc.through < acc.count.clamp_min(1)
+    keep = torch.nonzero(keep).squeeze(1)
 
-    Returns the attributes ``positions`` (merged point), ``w`` (n, 1), ``wpos`` / ``wcol`` /
-    ``wview`` (weight times merged point / colour / view direction), ``support`` (n, 1), and the
-    number of source pixels that had a usable depth."""
-    me = witnesses[src]
-    w = me.depth_conf.shape[1]
-    source = torch.isfinite(me.depth_conf[..., 0])
-    if config.pixel_stride > 1:  # every stride-th pixel of every stride-th row is a source pixel
-        grid = torch.zeros_like(source)
-        grid[:: config.pixel_stride, :: config.pixel_stride] = True
-        source &= grid
-    flat_idx = torch.nonzero(source.reshape(-1)).squeeze(1)
-    parts: list[dict[str, torch.Tensor]] = []
-    for start in range(0, flat_idx.numel(), config.chunk_size):
-        idx = flat_idx[start : start + config.chunk_size]
-        pix = torch.stack([idx % w, idx // w], dim=1).to(torch.float64)
-        ok, acc = _consistent_chunk(src, pix, witnesses, config)
-        keep = ok & (acc.count >= config.min_consistent_views)
-        if config.free_space_check:
-            keep &= acc.through < acc.count.clamp_min(1)
-        if not bool(keep.any()):
-            continue
-        wsum = acc.w[keep].unsqueeze(1)
-        merged = acc.wx[keep] / wsum
-        ncol = acc.ncol[keep].unsqueeze(1)
-        colour = torch.where(ncol > 0, acc.col[keep] / ncol.clamp_min(1), torch.full_like(merged, 128.0))
-        view = acc.wview[keep]
-        view = view / view.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        parts.append(
-            {
-                "positions": merged,
-                "w": wsum,
-                "wpos": wsum * merged,
-                "wcol": wsum * colour,
-                "wview": wsum * view,
-                "support": (acc.count[keep] + 1).to(torch.float64).unsqueeze(1),
-            }
-        )
-    if not parts:
-        return {}, int(flat_idx.numel())
-    out = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
-    return out, int(flat_idx.numel())
+    def kept(rows: torch.Tensor) -> torch.Tensor:
+        """(n_kept, k) float64 of (k, n) or (n,) rows."""
+        rows = rows.index_select(rows.ndim - 1, keep).to(torch.float64)
+        return rows.unsqueeze(1) if rows.ndim == 1 else rows.T
 
-
-def _voxel_reduce(attrs: dict[str, np.ndarray], voxel: float) -> dict[str, np.ndarray]:
-    """Average every attribute over the points of each ``voxel``-sized cell (Open3D)."""
-    if voxel <= 0 or attrs["positions"].shape[0] == 0:
-        return attrs
-    pcd = o3d.t.geometry.PointCloud(o3c.Tensor(np.ascontiguousarray(attrs["positions"])))
-    for k, a in attrs.items():
-        if k != "positions":
-            dtype = np.float64 if k == "wpos" else np.float32
-            pcd.point[k] = o3c.Tensor(np.ascontiguousarray(a, dtype=dtype))
-    down = pcd.voxel_down_sample(voxel)
-    return {k: down.point[k].numpy() for k in attrs}
-
-
-def _voxel_reduce_fast(attrs: dict[str, np.ndarray], voxel: float) -> dict[str, np.ndarray]:
-    """:func:`_voxel_reduce` in NumPy (float64 sums), for the per-camera pass: the same cells as
-    Open3D's tensor ``voxel_down_sample`` (``floor(position / voxel)``) and the same per-cell means,
-    several times faster. The output order (by cell) differs, which the global pass makes moot."""
-    pos = attrs["positions"]
-    if voxel <= 0 or pos.shape[0] == 0:
-        return attrs
-    cell = np.floor(pos / voxel).astype(np.int64)
-    cell -= cell.min(axis=0)
-    ext = cell.max(axis=0) + 1
-    key = (cell[:, 0] * ext[1] + cell[:, 1]) * ext[2] + cell[:, 2]
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    counts = np.diff(np.r_[starts, key.size]).astype(np.float64)
-    names = list(attrs)
-    widths = [attrs[k].shape[1] for k in names]
-    # Channels as rows: the segment sums run along contiguous memory.
-    table = np.concatenate([np.asarray(attrs[k], dtype=np.float64).T for k in names])[:, order]
-    means = (np.add.reduceat(table, starts, axis=1) / counts).T
-    out, col = {}, 0
-    for k, n in zip(names, widths, strict=True):
-        out[k] = means[:, col : col + n]
-        col += n
-    return out
-
-
-def _outlier_mask(points: np.ndarray, config: FusionConfig) -> np.ndarray:
-    """(N,) bool: points kept by Open3D's statistical outlier removal."""
-    n = points.shape[0]
-    if config.outlier_neighbors == 0 or n <= config.outlier_neighbors:
-        return np.ones(n, dtype=bool)
-    pcd = o3d.t.geometry.PointCloud(o3c.Tensor(np.ascontiguousarray(points)))
-    _, mask = pcd.remove_statistical_outliers(config.outlier_neighbors, config.outlier_std_ratio)
-    return mask.numpy().astype(bool)
+    wsum = kept(acc.w)
+    merged = kept(acc.wx) / wsum
+    ncol = kept(acc.ncol)
+    colour = torch.where(ncol > 0, kept(acc.col) / ncol.clamp_min(1), 128.0)
+    view = kept(acc.wview)
+    view = view / torch.linalg.vector_norm(view, dim=1, keepdim=True).clamp_min(1e-12)
+    attrs = {
+        "w": wsum,
+        "wpos": wsum * merged,
+        "wcol": wsum * colour,
+        "wview": wsum * view,
+        "support": kept(acc.count) + 1,
+    }
+    counts["consistent"] = int(keep.numel())
+    return merged.cpu().numpy(), {k: v.cpu().numpy() for k, v in attrs.items()}, counts
 
 
 def estimate_normals(
     points: np.ndarray, towards: np.ndarray, neighbors: int = 30, radius: float | None = None
 ) -> np.ndarray:
-    """(N, 3) float32 unit normals of ``points`` (N, 3) (Open3D PCA over the neighbours), flipped to
-    have a positive dot product with ``towards`` (N, 3) (e.g. directions to the cameras)."""
-    n = points.shape[0]
-    if n == 0:
-        return np.zeros((0, 3), dtype=np.float32)
-    if n < 3:
-        normals = np.asarray(towards, dtype=np.float64).copy()
-    else:
-        pcd = o3d.t.geometry.PointCloud(o3c.Tensor(np.ascontiguousarray(points, dtype=np.float64)))
-        pcd.estimate_normals(max_nn=min(neighbors, n), radius=radius)
-        normals = pcd.point.normals.numpy().astype(np.float64)
+    """(N, 3) float32 unit normals of ``points`` (N, 3) (PCA over the neighbours, as Open3D's
+    ``estimate_normals``), flipped to have a positive dot product with ``towards`` (N, 3) (e.g.
+    directions to the cameras)."""
+    _, normals = outliers_and_normals(np.asarray(points, dtype=np.float64), 0, 1.0, neighbors, radius)
+    return _orient(normals, np.asarray(towards, dtype=np.float64))
+
+
+def _orient(normals: np.ndarray, towards: np.ndarray) -> np.ndarray:
+    """Unit ``normals`` flipped to face ``towards``; ``towards`` where a normal is missing."""
+    if normals.shape[0] < 3:
+        normals = towards.copy()
     norm = np.linalg.norm(normals, axis=1, keepdims=True)
     good = np.isfinite(norm[:, 0]) & (norm[:, 0] > 0)
     normals = np.where(good[:, None], normals / np.where(good[:, None], norm, 1.0), towards)
@@ -367,13 +214,86 @@ def estimate_normals(
     return normals.astype(np.float32)
 
 
-def fuse_depth_maps(
-    depth_maps: dict[str, DepthMap],
-    cameras: dict[str, RefractiveCamera],
-    images: dict[str, np.ndarray] | None = None,
+class _ViewsInMemory:
+    def __init__(self, depth_maps: Mapping[str, DepthMap], images: Mapping[str, np.ndarray] | None):
+        self.depth_maps, self.images = depth_maps, images or {}
+
+    def __call__(self, name: str) -> FusionView:
+        return FusionView(self.depth_maps[name], self.images.get(name))
+
+
+def fuse_views(
+    load: ViewLoader,
+    sizes: Mapping[str, tuple[int, int]],
+    cameras: Mapping[str, RefractiveCamera],
     config: FusionConfig | None = None,
 ) -> FusedCloud:
-    """Fuse per-camera depth maps into one cleaned, coloured point cloud (see the module docstring).
+    """Fuse the cameras' depth maps into one cleaned, coloured point cloud (see the module docstring),
+    loading each camera's :class:`FusionView` with ``load(name)`` when it is needed.
+
+    Args:
+        load: camera name → its :class:`FusionView` (depth map and optional image); may be called
+            more than once for a camera when the views do not all fit in ``config.view_cache_mb``.
+        sizes: camera name → (H, W) of its depth map, for every camera to fuse (in this order).
+        cameras: camera name → :class:`RefractiveCamera` with the *undistorted* intrinsics; must
+            contain every camera of ``sizes``.
+        config: :class:`FusionConfig` (defaults if None).
+
+    Returns:
+        The :class:`FusedCloud` (outliers already removed). ``stats`` has the point counts after
+        each stage, the witness cameras consulted and the view loads.
+    """
+    config = config or FusionConfig()
+    names = list(sizes)
+    missing = [n for n in names if n not in cameras]
+    if missing:
+        raise KeyError(f"depth maps of {missing} have no camera (cameras: {sorted(cameras)})")
+    stats = {"source_pixels": 0, "consistent": 0, "after_voxel": 0, "after_outliers": 0, "witnesses": 0}
+    grid = VoxelGrid(config.voxel_size_mm * 1e-3)
+    budget = int(config.view_cache_mb * 2**20)
+    with torch.no_grad(), torch_threads(config.threads):
+        views = ViewCache(load, cameras, sizes, config.min_confidence, torch.device(config.device), budget)
+        for src in names:
+            positions, attrs, counts = _camera_points(src, names, views, config)
+            for k in ("source_pixels", "consistent", "witnesses"):
+                stats[k] += counts[k]
+            grid.add(positions, attrs)
+            del positions, attrs
+        stats["view_loads"] = views.loads
+        del views
+    merged = grid.means()
+    del grid
+    order = spatial_order(merged["wpos"] / merged["w"][:, 0:1], 1e-3)
+    merged = {k: v[order] for k, v in merged.items()}
+    wsum = merged["w"][:, 0:1]
+    if wsum.shape[0] == 0:
+        empty = FusedCloud.empty()
+        empty.stats = stats
+        return empty
+    points = merged["wpos"] / wsum
+    colors = np.clip(np.round(merged["wcol"] / wsum), 0, 255).astype(np.uint8)
+    view = merged["wview"] / wsum
+    view /= np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-12)
+    support = np.round(merged["support"][:, 0]).astype(np.int32)
+    del merged
+    stats["after_voxel"] = points.shape[0]
+    radius = None if config.normal_radius_mm is None else config.normal_radius_mm * 1e-3
+    keep, normals = outliers_and_normals(
+        points, config.outlier_neighbors, config.outlier_std_ratio, config.normal_neighbors, radius
+    )
+    points, colors, view, support = points[keep], colors[keep], view[keep], support[keep]
+    stats["after_outliers"] = points.shape[0]
+    normals = _orient(normals, view)
+    return FusedCloud(points=points, colors=colors, normals=normals, support=support, stats=stats)
+
+
+def fuse_depth_maps(
+    depth_maps: Mapping[str, DepthMap],
+    cameras: Mapping[str, RefractiveCamera],
+    images: Mapping[str, np.ndarray] | None = None,
+    config: FusionConfig | None = None,
+) -> FusedCloud:
+    """:func:`fuse_views` on depth maps (and images) already in memory.
 
     Args:
         depth_maps: camera name → :class:`DepthMap` (ray depths on the undistorted grid).
@@ -382,40 +302,6 @@ def fuse_depth_maps(
         images: camera name → (H, W, 3) uint8 RGB undistorted image, same size as the depth map.
             Cameras without an image contribute no colour; points seen by none are mid-grey.
         config: :class:`FusionConfig` (defaults if None).
-
-    Returns:
-        The :class:`FusedCloud` (outliers already removed).
     """
-    config = config or FusionConfig()
-    voxel = config.voxel_size_mm * 1e-3
-    stats = {"source_pixels": 0, "consistent": 0, "after_voxel": 0, "after_outliers": 0}
-    with torch.no_grad(), torch_threads(config.threads):
-        witnesses = _witnesses(depth_maps, cameras, images, config.min_confidence)
-        per_camera: list[dict[str, np.ndarray]] = []
-        for src in witnesses:
-            attrs, n_src = _camera_points(src, witnesses, config)
-            stats["source_pixels"] += n_src
-            if attrs:
-                stats["consistent"] += attrs["positions"].shape[0]
-                per_camera.append(_voxel_reduce_fast(attrs, voxel))
-    if not per_camera:
-        empty = FusedCloud.empty()
-        empty.stats = stats
-        return empty
-    merged = {k: np.concatenate([a[k] for a in per_camera]) for k in per_camera[0]}
-    del per_camera
-    merged = _voxel_reduce(merged, voxel)
-    wsum = merged["w"].astype(np.float64)
-    points = merged["wpos"] / wsum
-    colors = np.clip(np.round(merged["wcol"] / wsum), 0, 255).astype(np.uint8)
-    view = merged["wview"] / wsum
-    view /= np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-12)
-    support = np.round(merged["support"][:, 0]).astype(np.int32)
-    stats["after_voxel"] = points.shape[0]
-
-    keep = _outlier_mask(points, config)
-    points, colors, view, support = points[keep], colors[keep], view[keep], support[keep]
-    stats["after_outliers"] = points.shape[0]
-    radius = None if config.normal_radius_mm is None else config.normal_radius_mm * 1e-3
-    normals = estimate_normals(points, view, config.normal_neighbors, radius)
-    return FusedCloud(points=points, colors=colors, normals=normals, support=support, stats=stats)
+    sizes = {name: tuple(dm.depth.shape) for name, dm in depth_maps.items()}
+    return fuse_views(_ViewsInMemory(depth_maps, images), sizes, cameras, config)

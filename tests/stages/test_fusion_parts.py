@@ -1,0 +1,225 @@
+"""Fusion's parts against independent computations: the fast projection against the camera's own
+exact projection, the witness read against the generic sampler, the voxel grid, outlier removal and
+normals against Open3D, and the tile culling against an exhaustive projection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import open3d as o3d
+import open3d.core as o3c
+import pytest
+import torch
+
+from aquamvs_core.camera.refraction import RefractiveCamera
+from aquamvs_core.camera.sampling import sample_flat_bilinear
+from aquamvs_core.stages.depth_map import DepthMap
+from aquamvs_core.stages.fusion import FusionConfig, FusionView, fuse_depth_maps, fuse_views, project_points
+from aquamvs_core.stages.fusion.cleanup import VOXEL_ATTRS, VoxelGrid, outliers_and_normals
+from aquamvs_core.stages.fusion.consistency import source_points, tile_boxes, tiles_seen
+from aquamvs_core.stages.fusion.views import prepare_view, sample_view
+
+
+def _tilted_camera(tilt_deg: float = 25.0, size: tuple[int, int] = (320, 240)) -> RefractiveCamera:
+    a = math.radians(tilt_deg)
+    R = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    K = np.array([[250.0, 0.3, 160.0], [0, 252.0, 118.0], [0, 0, 1]])
+    centre = np.array([0.12, -0.05, 0.0])
+    return RefractiveCamera(K, R, -R @ centre, water_z=0.7, image_size=size)
+
+
+def test_fast_projection_is_the_exact_projection():
+    cam = _tilted_camera()
+    rng = np.random.default_rng(0)
+    pts = np.c_[rng.uniform(-1.5, 1.5, (4000, 2)), rng.uniform(0.71, 2.0, 4000)]
+    pts = np.r_[pts, [[0.0, 0.0, 0.5], [0.3, 0.2, 0.7], [5.0, 5.0, 0.7001]]]  # above, at, grazing
+    x = torch.from_numpy(pts)
+    uv_ref, ok_ref = cam.project(x)
+    p = project_points(cam, x)
+    assert torch.equal(p.valid, ok_ref)
+    assert not p.valid[-3:-1].any()
+    err = torch.maximum((p.u - uv_ref[:, 0]).abs(), (p.v - uv_ref[:, 1]).abs())[ok_ref]
+    assert float(err.max()) < 1e-7
+    # The crossing lies on the water, on the camera's ray through the returned pixel.
+    origins, _, _ = cam.cast_ray(torch.stack([p.u, p.v], 1)[ok_ref])
+    np.testing.assert_allclose(origins[:, 0], p.cross_x[ok_ref], atol=1e-9)
+    np.testing.assert_allclose(origins[:, 1], p.cross_y[ok_ref], atol=1e-9)
+    # No Newton step: every point goes to the exact solver, same result.
+    p0 = project_points(cam, x, steps=0)
+    assert torch.equal(p0.valid, ok_ref)
+    assert float((p0.u - uv_ref[:, 0]).abs()[ok_ref].max()) < 1e-7
+    # float32 points: pixels in the image to ~1e-4 px.
+    p32 = project_points(cam, x.float())
+    in_image = ok_ref & cam.in_image(uv_ref)
+    assert in_image.sum() > 500
+    assert float((p32.u.double() - uv_ref[:, 0]).abs()[in_image].max()) < 1e-3
+    assert float((p32.v.double() - uv_ref[:, 1]).abs()[in_image].max()) < 1e-3
+
+
+def test_witness_read_is_the_generic_bilinear_read():
+    rng = np.random.default_rng(1)
+    h, w = 40, 50
+    depth = 0.5 + 0.01 * rng.standard_normal((h, w)).astype(np.float32)
+    depth[rng.random((h, w)) < 0.1] = np.nan
+    conf = rng.uniform(0.0, 1.0, (h, w)).astype(np.float32)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    dm = DepthMap("c", torch.from_numpy(depth), torch.from_numpy(conf))
+    view = prepare_view("c", FusionView(dm, image), _tilted_camera(), 0.2, torch.device("cpu"))
+    n = 20000
+    u = torch.from_numpy(rng.uniform(-1.2, w + 0.2, n).astype(np.float32))
+    v = torch.from_numpy(rng.uniform(-1.2, h + 0.2, n).astype(np.float32))
+    tol = torch.from_numpy(rng.uniform(0.0, 0.02, n).astype(np.float32))
+    # Away from pixel edges and centres, where float rounding may pick the other neighbour.
+    frac_u, frac_v = (u * 2).frac().abs(), (v * 2).frac().abs()
+    clear = (frac_u > 1e-3) & (frac_u < 1 - 1e-3) & (frac_v > 1e-3) & (frac_v < 1 - 1e-3)
+    u, v, tol = u[clear], v[clear], tol[clear]
+    got = sample_view(view, u, v, tol)
+    flat = view.planes.reshape(5, -1).T.contiguous()
+    ref, ok, col_ok = sample_flat_bilinear(flat, h, w, torch.stack([u, v], 1), tol, 2)
+    assert torch.equal(got.seen, ok) and torch.equal(got.color_ok, col_ok)
+    # grid_sample's float32 coordinates: weights to ~1e-5 (random neighbours differ by up to 1 in
+    # confidence and 255 in colour; depths by ~0.01 m).
+    np.testing.assert_allclose(got.depth[ok], ref[ok, 0], atol=1e-6)
+    np.testing.assert_allclose(got.conf[ok], ref[ok, 1], atol=3e-5)
+    np.testing.assert_allclose(got.color.T[col_ok], ref[col_ok, 2:], atol=1e-2)
+    assert 0.5 < ok.float().mean() < 0.95  # the case mixes bilinear, nearest and unseen reads
+
+
+def _old_voxel_pipeline(cameras: list[dict[str, np.ndarray]], voxel: float) -> dict[str, np.ndarray]:
+    """Per-camera Open3D voxel means, then Open3D's voxel means of all of them together."""
+
+    def down(attrs):
+        pcd = o3d.t.geometry.PointCloud(o3c.Tensor(attrs["positions"]))
+        for k in VOXEL_ATTRS:
+            pcd.point[k] = o3c.Tensor(np.ascontiguousarray(attrs[k]))
+        d = pcd.voxel_down_sample(voxel)
+        return {k: d.point[k].numpy() for k in ("positions", *VOXEL_ATTRS)}
+
+    per = [down(a) for a in cameras]
+    return down({k: np.concatenate([p[k] for p in per]) for k in per[0]})
+
+
+def test_voxel_grid_is_open3d_per_camera_then_all_together():
+    rng = np.random.default_rng(3)
+    cams = []
+    for c in range(3):
+        n = 6000
+        pos = rng.uniform(-0.01, 0.01, (n, 3)) * [1.0, 1.0, 0.2] + [0.001 * c, 0.0, 0.9]
+        w = rng.uniform(0.1, 1.0, (n, 1))
+        cams.append(
+            {
+                "positions": pos,
+                "w": w,
+                "wpos": w * pos,
+                "wcol": w * rng.uniform(0, 255, (n, 3)),
+                "wview": w * rng.normal(size=(n, 3)),
+                "support": rng.integers(2, 6, (n, 1)).astype(np.float64),
+            }
+        )
+    ref = _old_voxel_pipeline(cams, 0.001)
+    grid = VoxelGrid(0.001)
+    for a in cams:
+        grid.add(a["positions"], a)
+    got = grid.means()
+    assert len(grid) == ref["w"].shape[0]
+    got_pts, ref_pts = got["wpos"] / got["w"], ref["wpos"] / ref["w"]
+    i, j = np.lexsort(np.floor(got_pts / 0.001).T), np.lexsort(np.floor(ref_pts / 0.001).T)
+    for k in VOXEL_ATTRS:
+        np.testing.assert_allclose(got[k][i], ref[k][j], rtol=1e-6, atol=1e-7)
+
+
+def _surface_with_outliers(n: int = 30000, seed: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-0.1, 0.1, (n, 2))
+    z = 1.0 + 0.01 * np.sin(30 * xy[:, 0]) * np.cos(20 * xy[:, 1]) + rng.normal(0, 1e-4, n)
+    pts = np.c_[xy, z]
+    far = rng.uniform(-0.1, 0.1, (20, 3))
+    far[:, 2] += 1.0 + rng.choice([-1, 1], 20) * rng.uniform(0.1, 0.2, 20)
+    return np.r_[pts, far]
+
+
+def test_outlier_removal_and_normals_match_open3d():
+    pts = _surface_with_outliers()
+    keep, normals = outliers_and_normals(pts, 20, 3.0, 30)
+    pcd = o3d.t.geometry.PointCloud(o3c.Tensor(pts))
+    _, ref_keep = pcd.remove_statistical_outliers(20, 3.0)
+    np.testing.assert_array_equal(keep, ref_keep.numpy())
+    assert not keep[-20:].any() and keep[:-20].mean() > 0.995  # the planted outliers go
+    kept = o3d.t.geometry.PointCloud(o3c.Tensor(pts[keep]))
+    kept.estimate_normals(max_nn=30)
+    ref = kept.point.normals.numpy()
+    dots = np.abs(np.einsum("ij,ij->i", normals, ref))
+    assert np.quantile(dots, 0.999) > 1 - 1e-9 and dots.min() > 0.99
+    # A search radius: Open3D's hybrid search (at most max_nn neighbours within the radius).
+    _, normals_r = outliers_and_normals(pts[keep], 0, 1.0, 30, radius=0.002)
+    kept.estimate_normals(max_nn=30, radius=0.002)
+    dots = np.abs(np.einsum("ij,ij->i", normals_r, kept.point.normals.numpy()))
+    few = ~np.isfinite(dots)  # fewer than 3 neighbours within the radius: no normal (NaN)
+    assert few.mean() < 0.01
+    assert np.median(dots[~few]) > 1 - 1e-9 and np.quantile(dots[~few], 0.99) > 0.9999
+
+
+def test_tile_culling_keeps_every_point_that_projects_near_the_image(gt_scene):
+    names = list(gt_scene.depth)
+    cams = dict(gt_scene.cameras)
+    culled = []
+    for src in names:
+        view = prepare_view(src, FusionView(gt_scene.depth[src]), cams[src], 0.1, torch.device("cpu"))
+        pts, _ = source_points(view, 1, 1.5, 0.001, 1 << 16)
+        used, corners = tile_boxes(pts)
+        for wit in names:
+            if wit == src:
+                continue
+            h, w = gt_scene.depth[wit].depth.shape
+            seen = tiles_seen(cams[wit], (h, w), used, corners, pts.n_tiles)[pts.tile]
+            p = project_points(cams[wit], pts.cols[:3].T.double())
+            near = p.valid & (p.u > -1) & (p.u < w) & (p.v > -1) & (p.v < h)
+            assert not bool((near & ~seen).any()), (src, wit)
+            culled.append(1.0 - float(seen.float().mean()))
+    # It does leave points out (16-pixel tiles are coarse on these 160×120 images).
+    assert max(culled) > 0.01
+
+
+def test_streamed_views_give_the_same_cloud_whatever_the_cache(gt_scene):
+    calls: list[str] = []
+
+    def load(name: str) -> FusionView:
+        calls.append(name)
+        return FusionView(gt_scene.depth[name], gt_scene.images[name])
+
+    sizes = {n: tuple(dm.depth.shape) for n, dm in gt_scene.depth.items()}
+    base = FusionConfig(outlier_neighbors=0)
+    roomy = fuse_views(load, sizes, gt_scene.cameras, base)
+    assert sorted(calls) == sorted(sizes) and roomy.stats["view_loads"] == len(sizes)
+    calls.clear()
+    tight = fuse_views(load, sizes, gt_scene.cameras, base.model_copy(update={"view_cache_mb": 0}))
+    assert len(calls) > len(sizes)  # one view at a time: reloaded when needed again
+    np.testing.assert_array_equal(tight.points, roomy.points)
+    np.testing.assert_array_equal(tight.colors, roomy.colors)
+    same = fuse_depth_maps(gt_scene.depth, gt_scene.cameras, gt_scene.images, base)
+    np.testing.assert_array_equal(same.points, roomy.points)
+
+
+def test_a_camera_that_sees_nothing_of_the_source_is_never_loaded_as_its_witness(gt_scene):
+    names = list(gt_scene.depth)[:2]
+    cams = {n: gt_scene.cameras[n] for n in names}
+    c = gt_scene.cameras[names[0]]
+    away = RefractiveCamera(
+        c.K, c.R, c.t - c.R @ torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64), c.water_z
+    )
+    cams["away"] = away
+    depth = {**{n: gt_scene.depth[n] for n in names}, "away": gt_scene.depth[names[0]]}
+    calls: list[str] = []
+
+    def load(name: str) -> FusionView:
+        calls.append(name)
+        return FusionView(depth[name])
+
+    sizes = {n: tuple(dm.depth.shape) for n, dm in depth.items()}
+    cloud = fuse_views(load, sizes, cams, FusionConfig(outlier_neighbors=0))
+    assert calls.count("away") == 1  # only as a source
+    assert cloud.stats["witnesses"] == 2  # each of the two real cameras for the other
+    wrong = FusionConfig(outlier_neighbors=0)
+    with pytest.raises(ValueError, match="expected"):
+        fuse_views(load, {**sizes, names[0]: (10, 10)}, cams, wrong)
