@@ -27,6 +27,17 @@ Modules, in data-flow order:
 * :mod:`.exact_matches` — exact dense correspondences between two cameras (for the RoMa pathway's tests);
 * :mod:`.generate` — :func:`generate_survey` writes calibration, videos, ground truth and survey.yaml.
 
+The conditions (details in :mod:`.conditions`):
+
+* ``default`` — 8 ring cameras tilted 12° plus a central fisheye, 640×480, mild lenses, clear water;
+* ``ring`` — 12 cameras tilted 24° inward on a 0.55 m ring plus a central fisheye, 800×600, water
+  0.98 m below the reference camera and 0.5 m deep;
+* ``lab-rig`` — a real 12-camera lab rig: 3 × 4 grid 0.33 m apart, tilts 1–4°, water 0.99 m down and
+  0.5 m deep, strong barrel distortion (half the lens models fold 45–48° off axis), 640×480;
+* ``turbid-silt`` — the default rig with per-camera gain, white balance, vignetting and noise,
+  turbid water with a backscatter haze, smooth silt patches with 5–10× less texture contrast, and
+  steep bowers (walls up to slope 1.1).
+
 Every condition is deterministic for its seed (each feature draws from its own random stream), and
 fields left at their defaults are not stored, so the default survey's files are those of every
 earlier version with the same ``GENERATOR_VERSION``.
