@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from aquamvs_core.config import ReconstructionConfig
+from aquamvs_core.evaluation.lens_visibility import original_visibility_count
 from aquamvs_core.evaluation.metrics import (
     cell_completeness,
     cloud_errors,
@@ -17,13 +18,11 @@ from aquamvs_core.evaluation.metrics import (
     mesh_metrics,
     reconstruction_metrics,
     silt_cells,
-    visibility_count,
 )
-from aquamvs_core.steps import StoreCameras, read_cloud, read_mesh
+from aquamvs_core.steps import read_cloud, read_mesh
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import frame_index
 from aquamvs_core.synthetic import load_ground_truth
-from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
 
 
 def _rounded(value: float | int | None, digits: int = 4) -> float | int | None:
@@ -34,8 +33,11 @@ def quality_report(
     store: SurveyStore, frame: str, ground_truth: str | Path, config: ReconstructionConfig
 ) -> dict[str, Any]:
     """Fused cloud and mesh of ``frame`` against the synthetic ground truth, with completeness over
-    the cells seen by at least ``config.quality.min_views`` cameras (occlusion-aware), and whether
-    every target of ``config.quality`` is met.
+    the cells seen by at least ``config.quality.min_views`` cameras in their *original* images
+    (lens model with its fold guard, occlusion-aware:
+    :func:`~aquamvs_core.evaluation.lens_visibility.original_visibility_count`, so a reconstruction
+    that discards part of the images is scored on what the cameras saw), and whether every target of
+    ``config.quality`` is met.
 
     Besides the cloud and mesh accuracy and completeness, the report splits the cloud's completeness
     by how many cameras see a cell (``completeness_2_views``, ``_3_views``, ``_4_to_5_views``,
@@ -47,10 +49,7 @@ def quality_report(
     gt = load_ground_truth(ground_truth)
     index = frame_index(frame)
     q = config.quality
-    cams = StoreCameras.load(store)
-    rig = store.read_rig()
-    gt_maps = gt_depth_maps(rig, gt, index)
-    views = visibility_count(gt, index, cams.cameras, cams.masks, gt_maps)
+    views = original_visibility_count(gt, index, store.read_rig())
     seen = views >= q.min_views
     kwargs = {"completeness_radius_mm": q.completeness_radius_mm, "outlier_mm": q.outlier_mm}
     points = read_cloud(store, frame).points

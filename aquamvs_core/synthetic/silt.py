@@ -10,8 +10,9 @@ In the texture, silt keeps the sand's large-scale colour (a Gaussian low-pass of
 metres, toned towards a grey-brown silt colour) and divides all finer detail (grains, pebbles,
 the millimetre-to-centimetre luminance noise) by the patch's contrast factor, drawn in
 ``silt_contrast``: ``t' = L + (1 - m (1 - 1/c)) (t - low(t))`` with ``L = low(t)`` toned by ``m``.
-The sand ripples are calmed inside the silt as well (silt settles in them), so the patches are
-smooth in shape too. Patches lie within the rig's radius (plus 10 cm) of its centre.
+The sand ripples and the fine roughness of the bed fade out inside the silt as well (silt fills
+and drapes them), so the patches are smooth in shape too. Patches lie within the rig's radius
+(plus 10 cm) of its centre.
 """
 
 from __future__ import annotations

@@ -235,7 +235,10 @@ def _make_relief(
 
     # Fine roughness (about 1.5 cm features, 0.2 mm).
     size = float(x[-1] - x[0])
-    static += s * 2e-4 * smooth_noise(rng, X.shape, size, 0.015).astype(np.float64)
+    roughness = s * 2e-4 * smooth_noise(rng, X.shape, size, 0.015).astype(np.float64)
+    if silt_fraction is not None:  # silt drapes the sand smooth
+        roughness *= 1.0 - silt_fraction.astype(np.float64)
+    static += roughness
 
     ripple_dir = rng.uniform(0, math.pi)
     ripple_wavelength = rng.uniform(0.045, 0.06)
@@ -250,7 +253,7 @@ def _make_relief(
         elevation, calm = bower_relief(bowers, x, y)
         static += elevation
         envelope *= calm
-    if silt_fraction is not None:  # silt settles in the ripples
+    if silt_fraction is not None:  # silt fills the ripples
         envelope *= 1.0 - silt_fraction.astype(np.float64)
     return _Relief(
         static=static,

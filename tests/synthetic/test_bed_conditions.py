@@ -226,7 +226,7 @@ def test_silt_is_smooth_in_the_rendered_images():
     ).astype(bool)
     assert silt_core.sum() > 500 and sand_core.sum() > 5000
     contrast = _local_std(image.astype(np.float32), 5)
-    assert np.median(contrast[sand_core]) > 3.0 * np.median(contrast[silt_core])
+    assert np.median(contrast[sand_core]) > 4.0 * np.median(contrast[silt_core])
 
 
 # --------------------------------------------------------------------------------------------
