@@ -47,7 +47,7 @@ class ZarrStoreResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Record the process executing the run (see :mod:`aquamvs_assets.run_health`)."""
-        run = context.dagster_run
+        run = context.run
         if context.instance is not None and run is not None:
             context.instance.add_run_tags(run.run_id, worker_tags())
 

@@ -31,9 +31,12 @@ last commit wins. :class:`~aquamvs_core.store.survey_store.SurveyStore` validate
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import zarr
 from zarr.abc.store import Store
+from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
 from aquamvs_core.survey import is_url
@@ -75,3 +78,15 @@ def open_zarr_store(root: str | Path, read_only: bool = False) -> Store:
         return FsspecStore.from_url(root, read_only=read_only)
     path = root.removeprefix("file://")
     return LocalStore(Path(path).expanduser(), read_only=read_only)
+
+
+def require_group(parent: zarr.Group, path: str, attempts: int = 5) -> zarr.Group:
+    """``parent.require_group(path)``, safe against another process creating the same group (or one
+    of its parents) at the same moment: zarr then raises ContainsGroupError, and the group that the
+    other process made is opened instead."""
+    for attempt in range(attempts):
+        try:
+            return parent.require_group(path)
+        except ContainsGroupError:
+            time.sleep(0.02 * (attempt + 1))
+    return parent.require_group(path)

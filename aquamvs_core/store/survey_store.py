@@ -39,6 +39,7 @@ from aquamvs_core.store.layout import (
     StoreError,
     StoreKeyError,
     open_zarr_store,
+    require_group,
 )
 from aquamvs_core.survey import frame_index, is_url
 
@@ -128,7 +129,7 @@ class SurveyStore:
         Ks = {cam: _check_K(cam, undistorted_K[cam]) for cam in names}
         masks = _check_masks(valid_masks, names)
 
-        group = self._group.require_group(CALIBRATION)
+        group = require_group(self._group, CALIBRATION)
         commit_group(
             group,
             lambda version: write_arrays(version.require_group(VALID_MASK), masks),
@@ -184,8 +185,8 @@ class SurveyStore:
     def write_pair_geometry(self, pair_key: str, geometry: Mapping[str, Any]) -> None:
         """Store a camera pair's geometry (JSON-serialisable attrs, one atomic put)."""
         payload = json_attrs(geometry, f"{self._root}: pair {pair_key!r}: geometry")
-        pairs = self._group.require_group(PAIRS)
-        pairs.require_group(pair_key).attrs.put(payload)
+        pairs = require_group(self._group, PAIRS)
+        require_group(pairs, pair_key).attrs.put(payload)
 
     def read_pair_geometry(self, pair_key: str) -> dict[str, Any]:
         """A camera pair's stored geometry; :class:`StoreKeyError` if absent."""
@@ -219,7 +220,7 @@ class SurveyStore:
             raise ValueError(f"product {path}: expected a non-empty mapping name → numpy array")
         _check_product_path("/".join(arrays))
         meta = json_attrs(attrs, f"product {path}")
-        group = self._group.require_group(f"{PRODUCTS}/{path}")
+        group = require_group(self._group, f"{PRODUCTS}/{path}")
         commit_group(
             group, lambda version: write_arrays(version, arrays, chunking), {**meta, "arrays": list(arrays)}
         )
@@ -323,7 +324,7 @@ class SurveyStore:
         cameras = _check_images(key, images)
         meta = _check_frame_attrs(key, index, attrs or {})
 
-        group = self._group.require_group(FRAMES).require_group(key)
+        group = require_group(self._group, f"{FRAMES}/{key}")
         meta.update(frame_index=index, cameras=cameras, write_id=uuid.uuid4().hex)
         commit_group(group, lambda version: write_arrays(version, images), meta)
 

@@ -57,6 +57,16 @@ def test_a_frame_that_appears_becomes_a_mesh_with_no_click(synthetic_small_surve
             _wait_for(lambda: meshes() == {"f000000"}, 900, "frame 0's mesh", log_path.read_text)
             as_image_folders(load_survey_spec(synthetic_small_survey), tmp_path / "frames", n_frames=2)
             _wait_for(lambda: meshes() == {"f000000", "f000001"}, 900, "frame 1's mesh", log_path.read_text)
+            # the chain goes on past the mesh: frame 1's bed change from frame 0, then the change table
+            _wait_for(
+                lambda: (
+                    instance.get_materialized_partitions(ns.key("bed_change")) == {"f000000", "f000001"}
+                    and all(r.is_finished for r in instance.get_runs())
+                ),
+                600,
+                "frame 1's bed change and every run finished",
+                log_path.read_text,
+            )
         finally:
             daemon.terminate()
             try:
@@ -66,7 +76,7 @@ def test_a_frame_that_appears_becomes_a_mesh_with_no_click(synthetic_small_surve
     runs = instance.get_runs()
     assert all(r.is_success for r in runs), [(r.job_name, r.status) for r in runs]
     assert instance.get_dynamic_partitions(ns.frames.name) == ["f000000", "f000001"]
-    for asset in ("sparse_matches", "pairwise_depths", "fused_cloud", "mesh"):
+    for asset in ("sparse_matches", "pairwise_depths", "fused_cloud", "mesh", "heightfield", "bed_change"):
         assert instance.get_materialized_partitions(ns.key(asset)) == {"f000000", "f000001"}, asset
     # Nobody launched these: the sensors did (new-frames: calibration and ingestion; automation: the rest).
     launched_by = {r.tags.get("dagster/sensor_name") for r in runs}
