@@ -24,14 +24,17 @@ def reconstruction_asset_keys(ns: SurveyNamespace) -> list[dg.AssetKey]:
 
 
 def build_jobs(
-    ns: SurveyNamespace, extra_frame_assets: list[dg.AssetKey] | None = None
+    ns: SurveyNamespace,
+    extra_frame_assets: list[dg.AssetKey] | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> list[dg.UnresolvedAssetJobDefinition]:
     """The survey's jobs; ``extra_frame_assets`` are frame-partitioned assets downstream of the mesh
-    that the ``reconstruct`` job also materializes."""
+    that the ``reconstruct`` job also materializes; ``retry_policy`` applies to every step."""
     return [
         dg.define_asset_job(
             CALIBRATION_JOB,
             selection=dg.AssetSelection.assets(ns.key("survey_calibration"), ns.key("camera_pair_geometry")),
+            op_retry_policy=retry_policy,
             description="Validate and store the calibration (undistorted intrinsics, validity masks) and "
             "the camera pairs' geometry.",
         ),
@@ -39,12 +42,14 @@ def build_jobs(
             FRAMES_JOB,
             selection=dg.AssetSelection.assets(ns.key("frames")),
             partitions_def=ns.frames,
+            op_retry_policy=retry_policy,
             description="Decode, undistort and store survey frames (the calibration must be stored).",
         ),
         dg.define_asset_job(
             RECONSTRUCT_JOB,
             selection=dg.AssetSelection.assets(*reconstruction_asset_keys(ns), *(extra_frame_assets or [])),
             partitions_def=ns.frames,
+            op_retry_policy=retry_policy,
             description="A frame's whole chain: frames, sparse matches and cloud, pairwise and camera "
             "depths, fused cloud, mesh.",
         ),

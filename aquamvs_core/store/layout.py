@@ -32,6 +32,7 @@ last commit wins. :class:`~aquamvs_core.store.survey_store.SurveyStore` validate
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
@@ -67,11 +68,14 @@ class IncompleteFrameError(FrameNotFoundError):
     """The frame's group exists but is not committed (a write failed or is in progress)."""
 
 
-def open_zarr_store(root: str | Path, read_only: bool = False) -> Store:
+def open_zarr_store(
+    root: str | Path, read_only: bool = False, storage_options: dict[str, Any] | None = None
+) -> Store:
     """The Zarr store for ``root``: a :class:`LocalStore` for a path or ``file://`` URL, else an
-    :class:`FsspecStore` for the URL."""
+    :class:`FsspecStore` for the URL, its filesystem made with ``storage_options`` (e.g. s3fs's
+    ``endpoint_url``, ``key``, ``secret``; without them s3fs reads the ``AWS_*`` environment)."""
     root = str(root)
     if is_url(root) and not root.startswith("file://"):
-        return FsspecStore.from_url(root, read_only=read_only)
+        return FsspecStore.from_url(root, read_only=read_only, storage_options=storage_options or None)
     path = root.removeprefix("file://")
     return LocalStore(Path(path).expanduser(), read_only=read_only)
