@@ -73,9 +73,13 @@ def open_zarr_store(
 ) -> Store:
     """The Zarr store for ``root``: a :class:`LocalStore` for a path or ``file://`` URL, else an
     :class:`FsspecStore` for the URL, its filesystem made with ``storage_options`` (e.g. s3fs's
-    ``endpoint_url``, ``key``, ``secret``; without them s3fs reads the ``AWS_*`` environment)."""
+    ``endpoint_url``, ``key``, ``secret``; without them s3fs reads the ``AWS_*`` environment).
+
+    fsspec's listings cache is off by default: other processes (Celery workers) write the store,
+    and a cached listing would hide their products from this one for as long as it lives."""
     root = str(root)
     if is_url(root) and not root.startswith("file://"):
-        return FsspecStore.from_url(root, read_only=read_only, storage_options=storage_options or None)
+        options = {"use_listings_cache": False, **(storage_options or {})}
+        return FsspecStore.from_url(root, read_only=read_only, storage_options=options)
     path = root.removeprefix("file://")
     return LocalStore(Path(path).expanduser(), read_only=read_only)
