@@ -20,10 +20,11 @@ from aquamvs_assets.assets.surface import build_surface_assets
 from aquamvs_assets.jobs import build_jobs
 from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, SurveyResource, ZarrStoreResource
+from aquamvs_assets.scaleout import TRANSIENT_RETRY, executor_from_env
 from aquamvs_assets.sensors import build_sensors
 from aquamvs_core.camera.calibration import load_calibration
 from aquamvs_core.stages.pairs import select_pairs
-from aquamvs_core.survey import SurveyError, load_survey_spec
+from aquamvs_core.survey import SurveyError, is_url, load_survey_spec
 
 
 def survey_namespace(survey_file: str | Path) -> SurveyNamespace:
@@ -50,6 +51,9 @@ def build_definitions(
         roma: the default RoMa matcher settings.
         sensor_interval_s: how often the new-frames and automation sensors evaluate (default:
             ``$AQUAMVS_SENSOR_INTERVAL_S``, else 30).
+
+    The executor comes from the environment (:mod:`aquamvs_assets.scaleout`): in-process by
+    default, Celery workers with ``AQUAMVS_EXECUTOR=celery``.
     """
     spec = load_survey_spec(survey_file)
     if reconstruction is None:
@@ -62,7 +66,8 @@ def build_definitions(
         sensor_interval_s = int(os.environ.get(SENSOR_INTERVAL_ENV, "30"))
     ns = SurveyNamespace(spec.name)
     pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
-    jobs = build_jobs(ns)
+    # Steps on an object store retry: a store unreachable for a while is a transient failure.
+    jobs = build_jobs(ns, retry_policy=TRANSIENT_RETRY if is_url(spec.store) else None)
     return dg.Definitions(
         assets=[
             *build_ingestion_assets(ns, pairs),
@@ -80,5 +85,5 @@ def build_definitions(
             "reconstruction": reconstruction,
             "roma": roma or RomaMatcher(),
         },
-        executor=dg.in_process_executor,
+        executor=executor_from_env(),  # in-process unless $AQUAMVS_EXECUTOR says celery
     )

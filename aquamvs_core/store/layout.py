@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import zarr
 from zarr.abc.store import Store
@@ -70,12 +71,19 @@ class IncompleteFrameError(FrameNotFoundError):
     """The frame's group exists but is not committed (a write failed or is in progress)."""
 
 
-def open_zarr_store(root: str | Path, read_only: bool = False) -> Store:
+def open_zarr_store(
+    root: str | Path, read_only: bool = False, storage_options: dict[str, Any] | None = None
+) -> Store:
     """The Zarr store for ``root``: a :class:`LocalStore` for a path or ``file://`` URL, else an
-    :class:`FsspecStore` for the URL."""
+    :class:`FsspecStore` for the URL, its filesystem made with ``storage_options`` (e.g. s3fs's
+    ``endpoint_url``, ``key``, ``secret``; without them s3fs reads the ``AWS_*`` environment).
+
+    fsspec's listings cache is off by default: other processes (Celery workers) write the store,
+    and a cached listing would hide their products from this one for as long as it lives."""
     root = str(root)
     if is_url(root) and not root.startswith("file://"):
-        return FsspecStore.from_url(root, read_only=read_only)
+        options = {"use_listings_cache": False, **(storage_options or {})}
+        return FsspecStore.from_url(root, read_only=read_only, storage_options=options)
     path = root.removeprefix("file://")
     return LocalStore(Path(path).expanduser(), read_only=read_only)
 

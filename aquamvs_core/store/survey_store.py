@@ -58,17 +58,27 @@ class SurveyStore:
         root: local path or fsspec URL; created (as an empty store) unless ``read_only``.
         survey: survey name recorded in a new store; an existing store of another survey is refused.
         read_only: open without writing anything.
+        storage_options: options of the fsspec filesystem of a URL root (and its tables), e.g.
+            ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for s3fs.
 
     Raises:
         StoreError: missing (read-only) store, a Zarr group that is not an AquaMVS store, an
             unsupported layout version, or a store of another survey.
     """
 
-    def __init__(self, root: str | Path, *, survey: str | None = None, read_only: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        survey: str | None = None,
+        read_only: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ):
         self._root = str(root)
+        self._storage_options = dict(storage_options or {}) or None
         try:
             self._group = zarr.open_group(
-                open_zarr_store(self._root, read_only),
+                open_zarr_store(self._root, read_only, self._storage_options),
                 mode="r" if read_only else "a",
                 zarr_format=3,
                 use_consolidated=False,
@@ -289,7 +299,7 @@ class SurveyStore:
         put on object stores, which is atomic). Returns its path or URL."""
         url = self.table_url(name)
         if is_url(url) and not url.startswith("file://"):
-            table.to_csv(url, index=False)
+            table.to_csv(url, index=False, storage_options=self._storage_options)
             return url
         path = Path(url.removeprefix("file://"))
         with atomic_path(path) as tmp:
@@ -300,7 +310,8 @@ class SurveyStore:
         """A table written by :meth:`write_table` (:class:`StoreKeyError` if absent)."""
         url = self.table_url(name)
         try:
-            return pd.read_csv(url)
+            remote = is_url(url) and not url.startswith("file://")
+            return pd.read_csv(url, storage_options=self._storage_options if remote else None)
         except FileNotFoundError:
             raise StoreKeyError(f"{self._root}: no table {name!r}") from None
 

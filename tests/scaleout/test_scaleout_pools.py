@@ -1,0 +1,48 @@
+"""The ``gpu`` pool across Celery workers: two runs at once on two workers never run their
+``gpu``-pool steps (the dense depths) at the same time, while their other steps do overlap."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from harness import launch, run_by_tag, step_events, wait
+from servers import log_tail
+
+from aquamvs_assets.assets.depth import GPU_POOL
+from aquamvs_assets.definitions import survey_namespace
+from aquamvs_core.survey import frame_key
+
+pytestmark = pytest.mark.scaleout
+
+
+def _intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
+    """Step key → (start, end) timestamps of its successful execution."""
+    starts = {e.step_key: e.timestamp for e in step_events(instance, run_id, dg.DagsterEventType.STEP_START)}
+    ends = {e.step_key: e.timestamp for e in step_events(instance, run_id, dg.DagsterEventType.STEP_SUCCESS)}
+    return {key: (starts[key], ends[key]) for key in ends}
+
+
+def test_gpu_pool_holds_across_workers(calibrated, workers, deployment, instance, scale_survey, log_dir):
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1  # deploy/dagster.yaml
+    # Frames 0 and 1 are reconstructed by the earlier tests: every step reuses its product, so the
+    # steps are short and the two runs' steps meet on the two workers.
+    launched = [launch(deployment, "reconstruct", frame_key(i), log_dir / f"pool_f{i}.log") for i in (0, 1)]
+    for (_, proc), i in zip(launched, (0, 1), strict=True):
+        wait(proc, 400, log_dir / f"pool_f{i}.log")
+    runs = [run_by_tag(instance, tag) for tag, _ in launched]
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), log_tail(log_dir / "pool_f1.log", 40)
+
+    gpu_step = survey_namespace(scale_survey).key("pairwise_depths").to_python_identifier()
+    first, second = (_intervals(instance, r.run_id) for r in runs)
+    (a0, a1), (b0, b1) = first[gpu_step], second[gpu_step]
+    assert a1 <= b0 or b1 <= a0, f"the {GPU_POOL} pool's steps overlapped: {(a0, a1)} and {(b0, b1)}"
+
+    # The control: the runs did execute at the same time (steps outside the pool overlapped), so the
+    # assertion above could fail.
+    overlaps = [
+        key
+        for key, (s0, s1) in first.items()
+        for other, (t0, t1) in second.items()
+        if key != gpu_step and other != gpu_step and s0 < t1 and t0 < s1
+    ]
+    assert overlaps, "the two runs never ran steps at the same time: the pool was not exercised"
