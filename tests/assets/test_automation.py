@@ -57,16 +57,21 @@ def test_a_frame_that_appears_becomes_a_mesh_with_no_click(synthetic_small_surve
             _wait_for(lambda: meshes() == {"f000000"}, 900, "frame 0's mesh", log_path.read_text)
             as_image_folders(load_survey_spec(synthetic_small_survey), tmp_path / "frames", n_frames=2)
             _wait_for(lambda: meshes() == {"f000000", "f000001"}, 900, "frame 1's mesh", log_path.read_text)
-            # the chain goes on past the mesh: frame 1's bed change from frame 0, then the change table
-            _wait_for(
-                lambda: (
+            # the chain goes on past the mesh: frame 1's bed change from frame 0, then the change
+            # table (eager after each bed change); nothing more is launched once the table follows
+            # the last bed change
+
+            def settled() -> bool:
+                change = instance.get_latest_materialization_event(ns.key("bed_change"))
+                table = instance.get_latest_materialization_event(ns.key("change_summary"))
+                return (
                     instance.get_materialized_partitions(ns.key("bed_change")) == {"f000000", "f000001"}
+                    and table is not None
+                    and table.timestamp > change.timestamp
                     and all(r.is_finished for r in instance.get_runs())
-                ),
-                600,
-                "frame 1's bed change and every run finished",
-                log_path.read_text,
-            )
+                )
+
+            _wait_for(settled, 600, "the change table after frame 1's bed change", log_path.read_text)
         finally:
             daemon.terminate()
             try:
