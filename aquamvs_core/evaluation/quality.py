@@ -7,27 +7,25 @@ from pathlib import Path
 from typing import Any
 
 from aquamvs_core.config import ReconstructionConfig
-from aquamvs_core.evaluation.metrics import mesh_metrics, reconstruction_metrics, visibility_count
-from aquamvs_core.steps import StoreCameras, read_cloud, read_mesh
+from aquamvs_core.evaluation.metrics import mesh_metrics, reconstruction_metrics
+from aquamvs_core.evaluation.visibility import rig_visibility
+from aquamvs_core.steps import read_cloud, read_mesh
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import frame_index
 from aquamvs_core.synthetic import load_ground_truth
-from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps
 
 
 def quality_report(
     store: SurveyStore, frame: str, ground_truth: str | Path, config: ReconstructionConfig
 ) -> dict[str, Any]:
     """Fused cloud and mesh of ``frame`` against the synthetic ground truth, with completeness over
-    the cells seen by at least ``config.quality.min_views`` cameras (occlusion-aware), and whether
-    every target of ``config.quality`` is met."""
+    the cells seen by at least ``config.quality.min_views`` cameras in their original images
+    (occlusion-aware, :func:`~aquamvs_core.evaluation.visibility.rig_visibility`), and whether every
+    target of ``config.quality`` is met."""
     gt = load_ground_truth(ground_truth)
     index = frame_index(frame)
     q = config.quality
-    cams = StoreCameras.load(store)
-    rig = store.read_rig()
-    gt_maps = gt_depth_maps(rig, gt, index)
-    views = visibility_count(gt, index, cams.cameras, cams.masks, gt_maps)
+    views = rig_visibility(gt, index, store.read_rig())
     seen = views >= q.min_views
     kwargs = {"completeness_radius_mm": q.completeness_radius_mm, "outlier_mm": q.outlier_mm}
     cloud = reconstruction_metrics(read_cloud(store, frame).points, gt, index, seen_mask=seen, **kwargs)

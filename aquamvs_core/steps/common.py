@@ -53,8 +53,16 @@ class StoreCameras:
     def load(cls, store: SurveyStore) -> StoreCameras:
         rig = store.read_rig()
         Ks = store.read_undistorted_K()
-        cams = {n: RefractiveCamera.from_calibration(rig[n], rig.interface, Ks[n]) for n in rig.camera_names}
-        return cls(cams, store.read_valid_masks(), rig.content_hash)
+        masks = store.read_valid_masks()
+        lens = set(store.read_lens_cameras())
+        cams = {}
+        for n in rig.camera_names:
+            if n in lens:
+                cams[n] = RefractiveCamera.from_calibration(rig[n], rig.interface, with_lens=True)
+            else:
+                h, w = masks[n].shape
+                cams[n] = RefractiveCamera.from_calibration(rig[n], rig.interface, Ks[n], (w, h))
+        return cls(cams, masks, rig.content_hash)
 
 
 def dense_pairs(

@@ -18,8 +18,9 @@ log = logging.getLogger("aquamvs.ingest")
 
 
 def write_calibration(store: SurveyStore, rig: Rig, undistorter: Undistorter) -> None:
-    """Record the calibration, the undistorted intrinsics and validity masks in the store."""
-    store.write_calibration(rig, undistorter.K_new, undistorter.valid_masks)
+    """Record the calibration, the stored images' intrinsics, validity masks and which cameras keep
+    their original pixel grid, in the store."""
+    store.write_calibration(rig, undistorter.K_new, undistorter.valid_masks, undistorter.lens_cameras)
 
 
 @dataclass(frozen=True)

@@ -207,22 +207,24 @@ def _consistent_chunk(
         if name == src or sel.numel() == 0:
             continue
         h, w = wit.depth_conf.shape[:2]
-        uv, ok_p = wit.camera.project(x_sel)
+        # The witness ray through the projected pixel is the ray from the water crossing to X (exact,
+        # and no lens inversion is needed for a camera on its original grid).
+        uv, ok_p, o_all, d_all = wit.camera.project_rays(x_sel)
         u, v = uv[:, 0], uv[:, 1]
         near_image = ok_p & (u > -1) & (u < w) & (v > -1) & (v < h)  # False where NaN
         sub = torch.nonzero(near_image).squeeze(1)
         if sub.numel() == 0:
             continue
         idx, uv, xi, toli = sel[sub], uv[sub], x_sel[sub], tol_sel[sub]
+        o_j, d_j = o_all[sub], d_all[sub]
         plain = 2 if wit.image is not None else None
         if config.sampling == "nearest":
             sample, ok_s = sample_map(wit.depth_conf, uv, "nearest")
             col_ok = None
         else:
             sample, ok_s, col_ok = sample_flat_bilinear(wit.flat, h, w, uv, toli, plain)
-        o_j, d_j, ok_r = wit.camera.cast_ray(uv)
         x_j = o_j + torch.nan_to_num(torch.where(ok_s.unsqueeze(1), sample[:, :1], 0.0)) * d_j
-        seen = ok_s & ok_r
+        seen = ok_s
         agree = seen & ((xi - x_j).norm(dim=1) <= toli)
         # j's surface lies beyond X along j's ray: j sees through the place where X would be.
         through = seen & ((x_j - o_j).norm(dim=1) > (xi - o_j).norm(dim=1) + toli)
