@@ -269,16 +269,38 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey
+def _parse_assignments(items: list[str] | None) -> dict[str, object]:
+    """``FIELD=VALUE`` pairs (VALUE as JSON, e.g. ``[0.9,0.5,0.5]`` or ``true``, else a string)."""
+    import json
 
-    overrides = {}
+    out: dict[str, object] = {}
+    for item in items or []:
+        field, sep, text = item.partition("=")
+        if not sep or not field.strip():
+            raise ValueError(f"--set: expected FIELD=VALUE, got {item!r}")
+        try:
+            out[field.strip()] = json.loads(text)
+        except ValueError:
+            out[field.strip()] = text
+    return out
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from aquamvs_core.synthetic import generate_survey
+    from aquamvs_core.synthetic.conditions import condition_config
+
+    overrides = _parse_assignments(args.set)
     if args.size:
-        w, h = (int(x) for x in args.size.lower().split("x"))
+        try:
+            w, h = (int(x) for x in args.size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--size: expected WxH, e.g. 640x480, got {args.size!r}") from None
         overrides["image_size"] = (w, h)
     if args.frames:
         overrides["n_frames"] = args.frames
-    config = SyntheticSurveyConfig(seed=args.seed, **overrides)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    config = condition_config(*(args.condition or ["default"]), overrides=overrides)
     path = generate_survey(Path(args.out_dir), config, overwrite=args.overwrite)
     print(f"synthetic survey written: {path}")
     return 0
@@ -353,11 +375,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dagster-home", help="instance used if the frame must be ingested first")
     bench.set_defaults(func=cmd_benchmark)
 
-    gen = sub.add_parser("generate", help="write a synthetic survey (calibration, videos, ground truth)")
+    from aquamvs_core.synthetic.conditions import CONDITIONS
+
+    gen = sub.add_parser(
+        "generate",
+        help="write a synthetic survey (calibration, videos, ground truth)",
+        description="Conditions (see aquamvs_core/synthetic/conditions.py) combine in order; --set, "
+        "--size, --frames and --seed override them.",
+    )
     gen.add_argument("out_dir")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--condition",
+        action="append",
+        choices=list(CONDITIONS),
+        help="a named real-lab condition (repeatable): " + ", ".join(CONDITIONS),
+    )
+    gen.add_argument("--seed", type=int, help="random seed (default 0)")
     gen.add_argument("--size", help="image size WxH, e.g. 640x480")
     gen.add_argument("--frames", type=int, help="number of frames")
+    gen.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="any SyntheticSurveyConfig field (repeatable; VALUE as JSON), e.g. --set silt_patches=8",
+    )
     gen.add_argument("--overwrite", action="store_true")
     gen.set_defaults(func=cmd_generate)
     return parser

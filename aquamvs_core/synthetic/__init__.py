@@ -16,10 +16,12 @@ ground-truth heightfield (the bilinear interpolation of a grid), see :mod:`.rend
 * :mod:`.generate` — :func:`generate_survey` writes calibration, videos, ground truth and survey.yaml.
 """
 
+from aquamvs_core.synthetic.conditions import CONDITIONS, condition_config
 from aquamvs_core.synthetic.config import GENERATOR_NAME, GENERATOR_VERSION, SyntheticSurveyConfig
 from aquamvs_core.synthetic.generate import SyntheticSurveyMismatch, generate_survey, read_config
 from aquamvs_core.synthetic.ground_truth import GroundTruth, load_ground_truth, save_ground_truth
 from aquamvs_core.synthetic.heightfield import Heightfield
+from aquamvs_core.synthetic.lenses import LensReport, lens_report
 from aquamvs_core.synthetic.render import (
     CameraRays,
     RayHits,
@@ -29,22 +31,26 @@ from aquamvs_core.synthetic.render import (
     render_view,
     trace_pixels,
 )
-from aquamvs_core.synthetic.rig import make_rig, ring_center
+from aquamvs_core.synthetic.rig import make_rig, rig_center, ring_center
 from aquamvs_core.synthetic.terrain import Crater, Terrain, make_terrain
 
 __all__ = [
+    "CONDITIONS",
     "GENERATOR_NAME",
     "GENERATOR_VERSION",
     "CameraRays",
     "Crater",
     "GroundTruth",
     "Heightfield",
+    "LensReport",
     "RayHits",
     "RenderSettings",
     "SyntheticSurveyConfig",
     "SyntheticSurveyMismatch",
     "Terrain",
+    "condition_config",
     "generate_survey",
+    "lens_report",
     "load_ground_truth",
     "make_rig",
     "make_terrain",
@@ -52,6 +58,7 @@ __all__ = [
     "read_config",
     "render_frames",
     "render_view",
+    "rig_center",
     "ring_center",
     "save_ground_truth",
     "trace_pixels",

@@ -34,6 +34,7 @@ from aquamvs_core.survey.video_writer import write_video
 from aquamvs_core.synthetic.config import GENERATOR_NAME, SyntheticSurveyConfig
 from aquamvs_core.synthetic.ground_truth import save_ground_truth
 from aquamvs_core.synthetic.heightfield import Heightfield
+from aquamvs_core.synthetic.lenses import lens_report
 from aquamvs_core.synthetic.render import RenderSettings, render_frames
 from aquamvs_core.synthetic.rig import make_rig
 from aquamvs_core.synthetic.terrain import make_terrain
@@ -122,6 +123,17 @@ def _write_survey(root: Path, config: SyntheticSurveyConfig, workers: int | None
     rig = make_rig(config)
     save_calibration(rig, root / CALIBRATION_FILE)
     log.info("rig: %d cameras %s, water at Z=%.3f m", len(rig.cameras), rig.camera_names, config.water_z)
+    for name in rig.camera_names:
+        lens = lens_report(rig[name])
+        log.info(
+            "lens %s: folds %.1f° off axis, image corners at %.1f°; %.1f %% of the pixels inside the "
+            "model's valid range; undistortion keeps %.1f %% of the image",
+            name,
+            lens.fold_deg,
+            lens.corner_deg,
+            100 * lens.valid_fraction,
+            100 * lens.kept_by_undistortion,
+        )
 
     t0 = time.perf_counter()
     terrain = make_terrain(config)

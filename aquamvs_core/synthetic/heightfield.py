@@ -2,11 +2,18 @@
 
 **Marching.** With ``g(s) = -f(s)`` (the height of the ray above the surface) and ``L`` a Lipschitz
 bound of the bilinear surface's gradient, ``g`` can decrease by at most ``(d_z + L |d_xy|)`` per
-metre along the ray, so a step of ``g / (d_z + L |d_xy|)`` never passes a crossing. The march takes
-``max(that safe step, half a grid cell horizontally)``: far from the surface it takes large, safe
-steps; near it, half-cell steps. Wherever ``L |d_xy| < d_z`` (true for every ray of the default
-survey) ``f`` is strictly increasing along the ray, the crossing is unique and the result is exact;
-elsewhere the half-cell step can only miss a double crossing within half a cell (a graze).
+metre along the ray, so a step of ``g / (d_z + L |d_xy|)`` never passes a crossing.
+
+* Rays with ``L |d_xy| < d_z`` (every ray of the default survey): ``f`` is strictly increasing
+  along the ray and the crossing is unique. The march takes ``max(that safe step, half a grid cell
+  horizontally)`` (large safe steps far from the surface, half-cell steps near it) until it brackets
+  the crossing.
+* The other rays (steep walls seen obliquely, where a ray may cross the surface several times)
+  **walk the cells**: inside a bilinear cell ``f`` is a quadratic in ``s``, so the first root in
+  the part of the ray within the cell is solved in closed form; no crossing can be missed, not even
+  a graze. Where the safe step is longer than the cell, it skips the cells it spans.
+
+Brackets are refined by the Illinois method to ``|Δs| < 1e-10`` m or ``|f| < 1e-13`` m.
 """
 
 from __future__ import annotations
@@ -137,19 +144,28 @@ class Heightfield:
         dxy = torch.hypot(d[:, 0], d[:, 1])
         closing = dz + self.lipschitz * dxy  # bound on how fast a ray can approach the surface
         min_step = 0.5 * min(self.dx, self.dy) / dxy.clamp_min(1e-300)  # half a cell horizontally
+        monotone = self.lipschitz * dxy < dz  # f strictly increasing along the ray: a unique crossing
 
         # Per-ray state, compacted as rays finish: ox oy oz dx dy dz | closing min_step s1 | index.
         rays = [t.contiguous() for t in (*o.unbind(1), *d.unbind(1))]
         state = [*rays, closing, min_step, s1, torch.arange(idx.numel())]
-
-        def compact(tensors: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
-            sel = torch.nonzero(keep).squeeze(1)
-            return [t.index_select(0, sel) for t in tensors]
-
-        # ---- march: find [sa, sb] with gap(sa) > 0 >= gap(sb) ------------------------------
         entering = s0 <= s1
-        state = compact(state, entering)
-        sa = s0[entering]
+        brackets = self._march(compact(state, entering & monotone), s0[entering & monotone])
+        walked, roots = self._walk(compact(state, entering & ~monotone), s0[entering & ~monotone])
+        brackets += walked
+        if roots[0].numel():
+            s_out[idx[roots[0]]] = roots[1]
+            hit[idx[roots[0]]] = True
+        if not brackets:
+            return s_out, hit
+        pos, s_fin = self._refine([torch.cat(parts) for parts in zip(*brackets, strict=True)])
+        s_out[idx[pos]] = s_fin
+        hit[idx[pos]] = True
+        return s_out, hit
+
+    def _march(self, state: list[torch.Tensor], sa: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Brackets ``[*ray, index, sa, sb, ga, gb]`` with ``gap(sa) > 0 >= gap(sb)`` of rays where the
+        crossing is unique (see the module docstring): safe steps, at least half a cell."""
         ga = self._gap(state, sa)
         above = ga > 0  # the others enter the square below the surface (through its side): miss
         state, sa, ga = compact(state, above), sa[above], ga[above]
@@ -167,13 +183,88 @@ class Heightfield:
             if not bool(going.all()):
                 state, sb, gb = compact(state, going), sb[going], gb[going]
             sa, ga = sb, gb
-        if not brackets:
-            return s_out, hit
-        r = [torch.cat(parts) for parts in zip(*brackets, strict=True)]
+        return brackets
+
+    def _walk(
+        self, state: list[torch.Tensor], sa: torch.Tensor
+    ) -> tuple[list[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+        """First crossing of rays that may cross the surface several times, found exactly: cell by
+        cell, the first root of ``f = Z - h`` (a quadratic in ``s`` inside a bilinear cell) in the
+        part of the ray within the cell; where the surface is far, a safe step skips cells.
+
+        Returns brackets (as :meth:`_march`, for the rare landing on or just past the surface) and
+        ``(index, s)`` of the roots found exactly."""
+        ga = self._gap(state, sa)
+        above = ga > 0
+        state, sa, ga = compact(state, above), sa[above], ga[above]
+        brackets: list[list[torch.Tensor]] = []
+        found_pos: list[torch.Tensor] = []
+        found_s: list[torch.Tensor] = []
+        for _ in range(MAX_MARCH):
+            if sa.numel() == 0:
+                break
+            sigma, sigma_exit = self._first_root_in_cell(state, sa)
+            found = sigma <= sigma_exit
+            if bool(found.any()):
+                found_pos.append(state[9][found])
+                found_s.append((sa + sigma)[found])
+            step = torch.maximum(sigma_exit, ga / state[6])
+            sb = torch.minimum(
+                torch.maximum(sa + step, torch.nextafter(sa, torch.full_like(sa, math.inf))), state[8]
+            )
+            gb = self._gap(state, sb)
+            crossed = ~found & (gb <= 0)
+            going = ~found & ~crossed & (sb < state[8])
+            if bool(crossed.any()):
+                brackets.append(compact([*state[:6], state[9], sa, sb, ga, gb], crossed))
+            if not bool(going.all()):
+                state, sb, gb = compact(state, going), sb[going], gb[going]
+            sa, ga = sb, gb
+        empty = torch.zeros(0, dtype=torch.long)
+        pos = torch.cat(found_pos) if found_pos else empty
+        return brackets, (pos, torch.cat(found_s) if found_s else torch.zeros(0, dtype=DTYPE))
+
+    def _first_root_in_cell(
+        self, r: list[torch.Tensor], sa: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For rays at ``sa`` (above the surface): ``σ_exit``, how far along the ray the cell it is
+        entering extends (capped at the ray's end ``r[8]``), and ``σ``, the first root of
+        ``f(sa + σ) = 0`` on ``[0, σ_exit]`` with the cell's polynomial (``inf`` where none)."""
+        ox, oy, oz, dx, dy, dz = r[:6]
+        fx = (torch.addcmul(ox, sa, dx) - self.x0) / self.dx
+        fy = (torch.addcmul(oy, sa, dy) - self.y0) / self.dy
+        # The cell the ray enters: on a cell boundary, the one on the side it moves to.
+        ix = torch.where(dx >= 0, torch.floor(fx), torch.ceil(fx) - 1).clamp_(0, self.nx - 2)
+        iy = torch.where(dy >= 0, torch.floor(fy), torch.ceil(fy) - 1).clamp_(0, self.ny - 2)
+        tx, ty = fx - ix, fy - iy
+        c = self.coef.index_select(0, (ix + iy * (self.nx - 1)).long())
+        a0, b, cc, e = c.unbind(1)
+        bx, by = dx / self.dx, dy / self.dy  # d tx / ds, d ty / ds
+        inf = torch.full_like(sa, math.inf)
+        sx = torch.where(bx > 0, (1 - tx) / bx, torch.where(bx < 0, -tx / bx, inf)).clamp_min(0)
+        sy = torch.where(by > 0, (1 - ty) / by, torch.where(by < 0, -ty / by, inf)).clamp_min(0)
+        sigma_exit = torch.minimum(torch.minimum(sx, sy), r[8] - sa)
+        # f(σ) = f0 + B σ + C σ² inside the cell.
+        f0 = torch.addcmul(oz, sa, dz) - (a0 + b * tx + cc * ty + e * tx * ty)
+        B = dz - b * bx - cc * by - e * (tx * by + ty * bx)
+        C = -e * bx * by
+        disc = B * B - 4 * C * f0
+        sq = torch.sqrt(disc.clamp_min(0))
+        q = -0.5 * (B + torch.where(B >= 0, sq, -sq))
+        safe_q = torch.where(q != 0, q, torch.ones_like(q))
+        safe_c = torch.where(C != 0, C, torch.ones_like(C))
+        r1 = torch.where((C != 0) & (q != 0), q / safe_c, inf)
+        r2 = torch.where(q != 0, f0 / safe_q, inf)  # also the root of the linear case C = 0
+        r1 = torch.where((disc >= 0) & (r1 >= 0), r1, inf)
+        r2 = torch.where((disc >= 0) & (r2 >= 0), r2, inf)
+        sigma = torch.where(f0 >= 0, torch.zeros_like(sa), torch.minimum(r1, r2))
+        return sigma, sigma_exit
+
+    def _refine(self, r: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Illinois (modified regula falsi) on the brackets ``[*ray, index, a, b, ga, gb]``, bracket
+        kept; returns the rays' indices and the roots."""
         pos = r[6]
         a, b, fa, fb = r[7], r[8], -r[9], -r[10]  # f = Z - h: fa < 0 <= fb
-
-        # ---- refine: Illinois (modified regula falsi), bracket kept ---------------------------
         s_fin = b.clone()
         state = [*r[:6], torch.arange(b.numel()), a, b, fa, fb]
         state = compact(state, fb != 0)
@@ -193,7 +284,10 @@ class Heightfield:
             done = (fc.abs() <= F_TOL) | ((c - a).abs() <= S_TOL)
             if bool(done.any()):
                 state = compact(state, ~done)
-        out = idx[pos]
-        s_out[out] = s_fin
-        hit[out] = True
-        return s_out, hit
+        return pos, s_fin
+
+
+def compact(tensors: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
+    """The rows ``keep`` (bool) of every tensor of a per-ray state."""
+    sel = torch.nonzero(keep).squeeze(1)
+    return [t.index_select(0, sel) for t in tensors]

@@ -29,7 +29,7 @@ import numpy as np
 
 from aquamvs_core.runtime import torch_threads
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
-from aquamvs_core.synthetic.rig import ring_center
+from aquamvs_core.synthetic.rig import rig_center
 from aquamvs_core.synthetic.texture import make_texture, smooth_noise
 
 TERRAIN_STREAM = 2
@@ -158,7 +158,7 @@ def make_crater(config: SyntheticSurveyConfig) -> Crater:
     the texture)."""
     rng = np.random.default_rng([config.seed, CRATER_STREAM])
     s = config.relief_scale
-    c = ring_center(config)[:2]
+    c = rig_center(config)[:2]
     r, a = rng.uniform(0.0, 0.08), rng.uniform(0, 2 * math.pi)
     return Crater(
         x=float(c[0] + r * math.cos(a)),
@@ -174,7 +174,7 @@ def make_crater(config: SyntheticSurveyConfig) -> Crater:
 def _make_relief(config: SyntheticSurveyConfig, x: np.ndarray, y: np.ndarray, crater: Crater) -> _Relief:
     rng = np.random.default_rng([config.seed, TERRAIN_STREAM])
     s = config.relief_scale
-    c = ring_center(config)[:2]
+    c = rig_center(config)[:2]
     X, Y = np.meshgrid(x, y)  # (Ny, Nx)
     static = np.zeros_like(X)
 
@@ -257,7 +257,7 @@ def _elevation(
 def terrain_grid(config: SyntheticSurveyConfig) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) node coordinates of the heightfield grid: a square centred below the rig."""
     n = round(config.terrain_size / config.terrain_cell)
-    c = ring_center(config)
+    c = rig_center(config)
     half = n * config.terrain_cell / 2
     x = c[0] - half + config.terrain_cell * np.arange(n + 1)
     y = c[1] - half + config.terrain_cell * np.arange(n + 1)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
-from aquamvs_core.synthetic.rig import ring_center
+from aquamvs_core.synthetic.rig import rig_center
 
 if TYPE_CHECKING:  # the nest shapes the texture; the terrain module makes it
     from aquamvs_core.synthetic.terrain import Crater
@@ -114,7 +114,7 @@ def make_texture(
     rng = np.random.default_rng([config.seed, TEXTURE_STREAM])
     texel = config.texel_size
     n = round(config.terrain_size / texel)
-    c = ring_center(config)
+    c = rig_center(config)
     half = n * texel / 2
     origin = (float(c[0] - half), float(c[1] - half))
     size = n * texel
