@@ -20,7 +20,7 @@ from aquamvs_assets.project import DEMO_SURVEY_DIR, default_survey_file
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.survey import load_survey_spec
 
 log = logging.getLogger("aquamvs.definitions")
@@ -37,7 +37,7 @@ def build_definitions(
     (launchpad runs can change both).
     """
     spec = load_survey_spec(survey_file)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pairs = survey_pairs(load_calibration(spec.calibration), spec)
     pair_partitions = camera_pair_partitions(pairs)
     frame_pairs = frame_pair_partitions(pair_partitions)
     return dg.Definitions(

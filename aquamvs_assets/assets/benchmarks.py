@@ -13,7 +13,7 @@ from aquamvs_assets.partitions import frame_partitions
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_core.evaluation.benchmark import STAGES, benchmark_matrix
 from aquamvs_core.preview import bar_chart
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 
 GROUP = "benchmarks"
 
@@ -41,7 +41,7 @@ def benchmark_tables(
 ) -> dg.MaterializeResult:
     spec, survey_store = survey.spec(), store.get()
     frame = context.partition_key
-    pairs = select_pairs(survey.rig(), spec.pair_neighbours)
+    pairs = survey_pairs(survey.rig(), spec)
     with tempfile.TemporaryDirectory(prefix="aquamvs-benchmark-") as tmp:
         table = benchmark_matrix(
             spec.store, frame, pairs, config.pathways, config.presets, tmp, spec.ground_truth

@@ -9,7 +9,7 @@ from aquamvs_assets.partitions import frame_partitions
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_core.preview import mosaic
 from aquamvs_core.stages.ingest import Undistorter
-from aquamvs_core.stages.pairs import CameraPair, pair_geometry, select_pairs
+from aquamvs_core.stages.pairs import CameraPair, pair_geometry, survey_pairs
 from aquamvs_core.steps import ingest_frames, write_calibration
 from aquamvs_core.survey import frame_index
 
@@ -29,7 +29,7 @@ def survey_calibration(
     rig = survey.rig()
     undistorter = Undistorter.for_rig(rig)
     write_calibration(store.get(), rig, undistorter)
-    pairs = select_pairs(rig, spec.pair_neighbours)
+    pairs = survey_pairs(rig, spec)
     masks = undistorter.valid_masks
     context.log.info(f"calibration {rig.short_hash}: {len(rig.cameras)} cameras, {len(pairs)} pairs")
     w, h = rig.image_size
@@ -90,13 +90,14 @@ def frames(
         )
         w, h = sv.rig.image_size
         expected = set(sv.rig.camera_names)
+        grids = survey_store.read_valid_masks()  # the stored grid of each camera
         problems = []
         for r in records:
             attrs = survey_store.frame_attrs(r.key)
             images = survey_store.read_frame(r.key)
             if set(images) != expected:
                 problems.append(f"{r.key}: cameras {sorted(images)} != {sorted(expected)}")
-            bad = [c for c, im in images.items() if im.shape != (h, w, 3)]
+            bad = [c for c, im in images.items() if c in grids and im.shape != (*grids[c].shape, 3)]
             if bad:
                 problems.append(f"{r.key}: wrong image shape for {bad}")
             if attrs.get("calibration_hash") != sv.rig.content_hash:

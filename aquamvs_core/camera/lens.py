@@ -18,6 +18,7 @@ either way; only the cost changes.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ from aquamvs_core.camera.distortion import (
 _POLISH_STEPS = 3
 #: Fewer pixels than this are inverted without the lattice of starting points.
 _DIRECT_BELOW = 2048
+#: Requests of this many integer pixels or more use (and the first one solves) the whole pixel grid.
+_GRID_FROM = 16384
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +73,19 @@ class Lens:
         """The lens of a calibrated camera."""
         return cls(camera.dist_coeffs, camera.is_fisheye)
 
+    @functools.cached_property
+    def fold_ring(self) -> tuple[float, float]:
+        """(smallest, largest) distorted normalized radius of the fold circle over the azimuths
+        (inf, inf without a fold): a distorted point beyond the largest has no inverse within the
+        fold, one inside the smallest always has one."""
+        if not math.isfinite(self.fold) or (self.fisheye and self.fold >= math.pi / 2):
+            return math.inf, math.inf
+        radius = math.tan(self.fold) if self.fisheye else self.fold
+        az = torch.linspace(0.0, 2 * math.pi, 721, dtype=torch.float64)
+        ring, _ = self.distort(radius * torch.stack([torch.cos(az), torch.sin(az)], dim=-1))
+        r = ring.norm(dim=-1)
+        return float(r.min()), float(r.max())
+
     @property
     def fold_angle_deg(self) -> float:
         """Incidence angle of the fold, degrees off axis (90 when the model never folds)."""
@@ -93,23 +109,24 @@ class Lens:
         return xy_d.to(xy.dtype), unfolded
 
     def undistort(
-        self, xy_d: torch.Tensor, initial: torch.Tensor | None = None
+        self, xy_d: torch.Tensor, initial: torch.Tensor | None = None, polish_steps: int = _POLISH_STEPS
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inverse of :meth:`distort` (see
         :func:`~aquamvs_core.camera.distortion.undistort_normalized`); ``converged`` (...) is False
         beyond the fold.
 
-        With ``initial`` (..., 2) close to the answer (pinhole model), plain Newton steps polish it
-        first; only the points they leave unconverged go through the safeguarded solver."""
+        With ``initial`` (..., 2) close to the answer (pinhole model), ``polish_steps`` plain Newton
+        steps polish it first; only the points they leave unconverged (residual above a few ulps)
+        go through the safeguarded solver."""
         if initial is None or self.fisheye:
-            return undistort_normalized(xy_d, self.dist_coeffs, self.fisheye, initial=initial)
+            return self._solve(xy_d, initial)
         xw = working_tensor(xy_d)
         k = coefficient_tensor(self.dist_coeffs, False, xw)
         xy = working_tensor(initial)
         start = torch.isfinite(xy).all(dim=-1)
         xy = torch.where(start.unsqueeze(-1), xy, xw)
         tol = 8 * torch.finfo(xw.dtype).eps * (1 + xw.abs().amax(dim=-1))
-        for _ in range(_POLISH_STEPS):
+        for _ in range(polish_steps):
             fx, jac, _ = pinhole_with_jacobian(xy, k)
             res = fx - xw
             a, b, c, d = jac[..., 0, 0], jac[..., 0, 1], jac[..., 1, 0], jac[..., 1, 1]
@@ -126,11 +143,27 @@ class Lens:
         if rest.numel():
             flat_xy = xy.reshape(-1, 2).clone()
             flat_ok = ok.reshape(-1).clone()
-            sub, sub_ok = undistort_normalized(xw.reshape(-1, 2)[rest], self.dist_coeffs, False)
+            sub, sub_ok = self._solve(xw.reshape(-1, 2)[rest], None)
             flat_xy[rest] = sub
             flat_ok[rest] = sub_ok
             xy, ok = flat_xy.reshape(xy.shape), flat_ok.reshape(ok.shape)
         return xy.to(xy_d.dtype), ok
+
+    def _solve(self, xy_d: torch.Tensor, initial: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The safeguarded solver, skipping points beyond :attr:`fold_ring` (they have no inverse
+        within the fold and would only exhaust the iteration budget)."""
+        outer = self.fold_ring[1]
+        if not math.isfinite(outer):
+            return undistort_normalized(xy_d, self.dist_coeffs, self.fisheye, initial=initial)
+        flat = xy_d.reshape(-1, 2)
+        inside = flat.norm(dim=-1) <= outer * (1 + 1e-9)
+        xy = flat.clone()
+        ok = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
+        sel = torch.nonzero(inside).squeeze(1)
+        if sel.numel():
+            init = None if initial is None else initial.reshape(-1, 2)[sel]
+            xy[sel], ok[sel] = undistort_normalized(flat[sel], self.dist_coeffs, self.fisheye, initial=init)
+        return xy.reshape(xy_d.shape), ok.reshape(xy_d.shape[:-1])
 
 
 class PixelInverse:
@@ -154,6 +187,7 @@ class PixelInverse:
         self.stride = int(stride)
         self.margin = int(margin)
         self._tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._grid: dict[torch.device, torch.Tensor] = {}
 
     def _table(self, like: torch.Tensor) -> torch.Tensor:
         """(1, 2, Nv, Nu) ideal normalized coords of the lattice nodes (NaN where there is none)."""
@@ -190,13 +224,48 @@ class PixelInverse:
 
     def ideal(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Ideal normalized coords (..., 2) of original pixels (..., 2) and ``converged`` (...) (False
-        beyond the fold or where the model cannot produce the pixel)."""
+        beyond the fold or where the model cannot produce the pixel).
+
+        Requests of at least :data:`_GRID_FROM` pixels (or a quarter of the image) that are all
+        integers inside the image (depth maps, fusion's chunks) are served from the cached solution
+        of the whole pixel grid (:meth:`grid`); others start at the lattice and are polished by
+        Newton steps."""
         xy_d = pixels_to_normalized(pixels, K_tensor(self.K, pixels))
         if pixels.numel() == 0:
             return xy_d, torch.zeros(pixels.shape[:-1], dtype=torch.bool, device=pixels.device)
         if pixels.numel() < 2 * _DIRECT_BELOW:  # a few points: the lattice would cost more than it saves
             return self.lens.undistort(xy_d)
-        return self.lens.undistort(xy_d, initial=self.initial(working_tensor(pixels)))
+        pw = working_tensor(pixels)
+        w, h = self.image_size
+        if pixels.numel() < 2 * min(_GRID_FROM, w * h // 4):
+            return self.lens.undistort(xy_d, initial=self.initial(pw))
+        flat = pw.reshape(-1, 2)
+        rounded = torch.round(flat)
+        on_grid = (flat == rounded).all(dim=-1)
+        on_grid &= (rounded[:, 0] >= 0) & (rounded[:, 0] <= w - 1) & (rounded[:, 1] >= 0)
+        on_grid &= rounded[:, 1] <= h - 1
+        if not bool(on_grid.all()):
+            return self.lens.undistort(xy_d, initial=self.initial(pw))
+        idx = rounded[:, 1].long() * w + rounded[:, 0].long()
+        xy = self.grid(pixels.device).reshape(-1, 2).index_select(0, idx)
+        ok = torch.isfinite(xy).all(dim=-1)
+        xy = torch.where(ok.unsqueeze(-1), xy, flat.new_zeros(()).to(xy.dtype))
+        return xy.to(pixels.dtype).reshape(pixels.shape), ok.reshape(pixels.shape[:-1])
+
+    def grid(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(H, W, 2) float64 (the working precision) ideal normalized coords of every integer pixel
+        of the image, NaN where there is none; solved once per device and kept (16 bytes a pixel)."""
+        device = torch.device(device)
+        if device not in self._grid:
+            w, h = self.image_size
+            v, u = torch.meshgrid(
+                torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+            )
+            pix = working_tensor(torch.stack([u, v], dim=-1).to(device))
+            xy_d = pixels_to_normalized(pix, K_tensor(self.K, pix))
+            xy, ok = self.lens.undistort(xy_d, initial=self.initial(pix))
+            self._grid[device] = torch.where(ok.unsqueeze(-1), xy, torch.full_like(xy, math.nan))
+        return self._grid[device]
 
     def pixels(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Original pixels (..., 2) of ideal normalized coords (..., 2), and ``unfolded`` (...)."""

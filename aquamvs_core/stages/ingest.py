@@ -67,14 +67,31 @@ class CameraGrid:
 
 
 def original_valid_mask(camera: CameraCalibration) -> np.ndarray:
-    """(H, W) bool: original pixels whose ray the lens model can invert (within its fold)."""
-    inverse = PixelInverse(camera.K, Lens.of(camera), camera.image_size)
+    """(H, W) bool: original pixels whose ray the lens model can invert (within its fold).
+
+    Pixels well inside the image of the fold circle (distorted radius below 99.9 % of its smallest
+    value over the azimuths, :attr:`~aquamvs_core.camera.lens.Lens.fold_ring`) are valid without
+    solving, and so is every pixel of a model that never folds; only the others are inverted
+    exactly."""
+    lens = Lens.of(camera)
     w, h = camera.image_size
+    r_safe = 0.999 * lens.fold_ring[0]
+    if not math.isfinite(r_safe):  # the model never folds: every pixel has its ray
+        return np.ones((h, w), dtype=bool)
     v, u = torch.meshgrid(
         torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
     )
-    _, ok = inverse.ideal(torch.stack([u, v], dim=-1))
-    return ok.numpy()
+    pix = torch.stack([u, v], dim=-1)
+    K = torch.as_tensor(np.asarray(camera.K, dtype=np.float64))
+    y = (pix[..., 1] - K[1, 2]) / K[1, 1]
+    x = (pix[..., 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
+    valid = torch.hypot(x, y) < r_safe
+    rest = ~valid
+    if bool(rest.any()):
+        inverse = PixelInverse(camera.K, lens, camera.image_size)
+        _, ok = inverse.ideal(pix[rest])
+        valid[rest] = ok
+    return valid.numpy()
 
 
 def _ideal_bounds(camera: CameraCalibration) -> tuple[np.ndarray, np.ndarray]:

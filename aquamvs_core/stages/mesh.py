@@ -348,14 +348,13 @@ def _view_score(
     """Score (n,) of a camera for vertices ``x`` (-inf where it does not see them) and the colour
     (n, 3) it sees. Confirmed views score in [2, 3], unconfirmed ones (no depth there) in [0, 1]."""
     h, w = image.shape[:2]
-    uv, ok = cam.project(x)
+    uv, ok, origins, d = cam.project_rays(x)  # the ray of the projected pixel, without a lens inversion
     u, v = uv[:, 0], uv[:, 1]
     ok = ok & (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
     if mask is not None:
         ok = ok & mask[torch.round(v).clamp(0, h - 1).long(), torch.round(u).clamp(0, w - 1).long()]
-    origins, d, ok_r = cam.cast_ray(uv)
     cos = -(normal * d).sum(dim=1)
-    ok = ok & ok_r & (cos > 0)
+    ok = ok & (cos > 0)
     confidence = torch.zeros_like(cos)
     confirmed = torch.zeros_like(ok)
     if depth_conf is not None:

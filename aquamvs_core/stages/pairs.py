@@ -17,6 +17,7 @@ from aquamvs_core.camera.calibration import Rig
 from aquamvs_core.camera.refraction import RefractiveCamera, point_at_ray_depth, world_z_to_ray_depth
 from aquamvs_core.runtime import torch_threads
 from aquamvs_core.stages.view_selection import angle_weight, cover_pairs, pair_angles, pair_scores, sample_bed
+from aquamvs_core.survey.spec import DEFAULT_WATER_DEPTH_M, SurveySpec
 
 
 @dataclass(frozen=True, order=True)
@@ -30,9 +31,6 @@ class CameraPair:
     def key(self) -> str:
         return f"{self.ref}-{self.src}"
 
-
-#: Water depths (metres below the surface) between which the bed is expected, for view selection.
-DEFAULT_WATER_DEPTH_M: tuple[float, float] = (0.3, 0.7)
 
 _CACHE: dict[tuple, list[CameraPair]] = {}
 
@@ -70,6 +68,11 @@ def select_pairs(
     if key not in _CACHE or not rig.content_hash:
         _CACHE[key] = _select(rig, k, include_auxiliary, water_depth_m)
     return list(_CACHE[key])
+
+
+def survey_pairs(rig: Rig, spec: SurveySpec) -> list[CameraPair]:
+    """:func:`select_pairs` with a survey's settings (``pair_neighbours``, ``water_depth_m``)."""
+    return select_pairs(rig, spec.pair_neighbours, water_depth_m=spec.water_depth_m)
 
 
 def _select(

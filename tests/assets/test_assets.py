@@ -27,8 +27,7 @@ from aquamvs_assets.project import PROJECT_ROOT, ensure_dagster_home
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import new_frames_sensor
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.camera.undistortion import build_undistortion_map, undistort_image
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import load_survey_spec
 from aquamvs_core.survey.video import VideoSource
@@ -69,9 +68,9 @@ def test_definitions_validate_and_describe_the_rig(synthetic_survey_file):
 
     spec = load_survey_spec(synthetic_survey_file)
     rig = load_calibration(spec.calibration)
-    pairs = select_pairs(rig, spec.pair_neighbours)
-    # 4 ring cameras: each with its 3 other ring cameras (k clipped), plus the fisheye auxiliary.
-    assert len(pairs) == 4 * (3 + 1)
+    pairs = survey_pairs(rig, spec)
+    # 5 cameras (4 ring + the fisheye, which is a reference too), each with its 4 best sources.
+    assert len(pairs) == 5 * 4
     pair_def = defs.resolve_assets_def("camera_pair_geometry").partitions_def
     assert pair_def.get_partition_keys() == [p.key for p in pairs]
     frames_def = defs.resolve_assets_def("frames").partitions_def
@@ -132,16 +131,14 @@ def test_materialize_ingestion_round_trips_bit_exactly(synthetic_survey_file):
     stored = store.read_frame("f000001")
     assert set(stored) == set(rig.camera_names)
     videos = Path(spec.inputs)
-    for name, cam in rig.cameras.items():
-        raw = VideoSource(videos / f"{name}.mp4").read(1)
-        expected = undistort_image(raw, build_undistortion_map(cam))
-        np.testing.assert_array_equal(stored[name], expected)  # bit-exact through Zarr
+    for name in rig.camera_names:
+        # Frames are stored as recorded (the lens is in the camera model): bit-exact through Zarr.
+        np.testing.assert_array_equal(stored[name], VideoSource(videos / f"{name}.mp4").read(1))
         assert stored[name].std() > 10  # a real textured image, not a blank
-    # The fisheye auxiliary is really undistorted (differs from its raw frame); masks are stored.
-    aux = rig.auxiliary_names[0]
-    assert np.abs(stored[aux].astype(int) - VideoSource(videos / f"{aux}.mp4").read(1)).mean() > 5
     masks = store.read_valid_masks()
-    assert all(m.shape == (120, 160) and 0.5 < m.mean() <= 1.0 for m in masks.values())
+    assert all(m.shape == (120, 160) and m.all() for m in masks.values())
+    assert store.read_lens_cameras() == rig.camera_names
+    np.testing.assert_array_equal(store.read_undistorted_K()["cam0"], rig["cam0"].K)
 
 
 def test_frames_refuse_a_store_without_the_calibration(synthetic_survey_file):
@@ -164,7 +161,7 @@ def test_frames_refuse_a_store_without_the_calibration(synthetic_survey_file):
 def test_pair_geometry_asset(synthetic_survey_file):
     spec = load_survey_spec(synthetic_survey_file)
     rig = load_calibration(spec.calibration)
-    pairs = select_pairs(rig, spec.pair_neighbours)
+    pairs = survey_pairs(rig, spec)
     pair = pairs[0]
     pair_asset = build_pair_geometry_asset(pairs, camera_pair_partitions(pairs))
     with dg.instance_for_test() as instance:
@@ -296,7 +293,7 @@ def test_webserver_answers_graphql_with_assets_and_partitions(synthetic_survey_f
         assert by_key["frames"]["isPartitioned"] and by_key["frames"]["partitionKeys"] == ALL_FRAMES[:2]
         assert not by_key["survey_calibration"]["isPartitioned"]
         rig = load_calibration(load_survey_spec(synthetic_survey_file).calibration)
-        pair_keys = [p.key for p in select_pairs(rig, 4)]
+        pair_keys = [p.key for p in survey_pairs(rig, load_survey_spec(synthetic_survey_file))]
         assert by_key["camera_pair_geometry"]["partitionKeys"] == pair_keys
         # frame × pair assets: every registered frame with every pair, keys "frame|pair".
         assert sorted(by_key["pairwise_depths"]["partitionKeys"]) == sorted(

@@ -24,7 +24,7 @@ def ring_rig():
     return make_rig(config)
 
 
-def independent_views(rig, depths: list[float], n: int = 101):
+def independent_views(rig, depths: list[float], n: int = 71):
     """(C, N) visibility and (C, N, 3) refracted rays of a bed grid unlike the selection's own: finer,
     on other depths, over a fixed square (exact refractive projections, original images, lens)."""
     cams = [
@@ -76,9 +76,9 @@ def nearest_pairs(rig, k: int = 4) -> list[CameraPair]:
 
 def test_every_cell_seen_by_two_cameras_is_covered_on_a_tilted_ring(ring_rig):
     pairs = select_pairs(ring_rig, k=4, water_depth_m=DEPTHS)
-    seen, rays = independent_views(ring_rig, [0.3, 0.45, 0.6, 0.7])
+    seen, rays = independent_views(ring_rig, [0.35, 0.5, 0.65])
     fraction, n_cells = covered_fraction(ring_rig, pairs, seen, rays)
-    assert n_cells > 20000
+    assert n_cells > 8000
     # Sampled independently of the selection (finer grid, other depths): the greedy cover's own
     # samples are all covered; between them only slivers at footprint edges can be missed.
     assert fraction > 0.998

@@ -68,6 +68,11 @@ class PlaneSweepConfig(BaseModel):
         description="refinement iterations (pyramid level, step in pixels of that level), in order",
     )
     refine_radius: int = Field(2, ge=1, le=8, description="offsets -R..R of each refinement iteration")
+    multiscale_fallback: bool = Field(
+        True,
+        description="where the finest level's correlation fails (weak texture), keep the depth of the "
+        "finest coarser refinement level that matched",
+    )
     surface_smoothing: int = Field(
         9,
         ge=0,
