@@ -11,6 +11,9 @@ down, metres. Errors are reported in **millimetres**.
   2 mm spacing with ``cell_step``) that have a reconstructed point within ``completeness_radius_mm``
   in 3-D (Open3D nearest-neighbour search). Usually restricted to the cells that at least two
   cameras see (:func:`visibility_count`), since nothing else can be reconstructed.
+* **Completeness by condition** (:func:`cell_completeness`, :func:`completeness_split`): which
+  cells are complete, split by how many cameras see them (2, 3, 4–5, 6+) and inside / outside the
+  ground truth's silt mask (surveys with silt patches).
 * The exact ground-truth depth maps that the occlusion test of :func:`visibility_count` takes are
   :func:`aquamvs_core.synthetic.ground_truth_views.gt_depth_maps` (undistorted grids) or
   :func:`aquamvs_core.evaluation.visibility.original_gt_depth_maps` (original grids).
@@ -33,6 +36,14 @@ from aquamvs_core.synthetic.ground_truth import HeightGrid, bilinear_height
 
 DEFAULT_CELL_SPACING = 0.002
 """Target spacing (metres) of the evaluation cells when ``cell_step`` is not given."""
+
+VIEW_BANDS: tuple[tuple[str, int, int | None], ...] = (
+    ("2_views", 2, 2),
+    ("3_views", 3, 3),
+    ("4_to_5_views", 4, 5),
+    ("6plus_views", 6, None),
+)
+"""(key suffix, lowest, highest or None) of the view-count bands of :func:`completeness_split`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +138,88 @@ def reconstruction_metrics(
     else:
         out["completeness"] = math.nan
     return out
+
+
+def cell_completeness(
+    points: np.ndarray,
+    gt: HeightGrid,
+    frame_index: int,
+    completeness_radius_mm: float = 5.0,
+    cell_step: int | None = None,
+) -> np.ndarray:
+    """(Ny', Nx') bool: the evaluation cells (:func:`cell_points`) that have a point of ``points``
+    (N, 3) within ``completeness_radius_mm`` in 3-D (the test of :func:`reconstruction_metrics`)."""
+    cells = cell_points(gt, frame_index, cell_step)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if pts.shape[0] == 0:
+        return np.zeros(cells.shape[:2], dtype=bool)
+    near = nearest_distances(pts, cells.reshape(-1, 3)) <= completeness_radius_mm * 1e-3
+    return near.reshape(cells.shape[:2])
+
+
+def silt_cells(gt: HeightGrid, cell_step: int | None = None) -> np.ndarray | None:
+    """(Ny', Nx') bool silt mask of the evaluation cells, or None when the ground truth has none."""
+    mask = getattr(gt, "silt_mask", None)
+    if mask is None:
+        return None
+    step = default_cell_step(gt) if cell_step is None else int(cell_step)
+    return np.asarray(mask, dtype=bool)[::step, ::step]
+
+
+def completeness_split(
+    complete: np.ndarray, views: np.ndarray, silt: np.ndarray | None = None, min_views: int = 2
+) -> dict[str, float | int | None]:
+    """Completeness of the cells by how many cameras see them, and inside / outside the silt.
+
+    Args:
+        complete: (Ny', Nx') bool, :func:`cell_completeness`.
+        views: (Ny', Nx') int, :func:`visibility_count`.
+        silt: (Ny', Nx') bool, :func:`silt_cells` (None: no silt keys).
+        min_views: the silt split counts the cells seen by at least this many cameras.
+
+    Returns:
+        ``completeness_<band>`` (fraction, None where the band has no cell) and ``cells_<band>``
+        for each band of :data:`VIEW_BANDS`; with ``silt``: ``silt_completeness``,
+        ``outside_silt_completeness``, ``silt_cells``, ``outside_silt_cells``.
+    """
+    complete, views = np.asarray(complete, dtype=bool), np.asarray(views)
+    if complete.shape != views.shape:
+        raise ValueError(f"complete {complete.shape} and views {views.shape} must have the same shape")
+
+    def fraction(mask: np.ndarray) -> float | None:
+        return float(complete[mask].mean()) if mask.any() else None
+
+    out: dict[str, float | int | None] = {}
+    for key, lo, hi in VIEW_BANDS:
+        band = (views >= lo) & (views <= hi) if hi is not None else views >= lo
+        out[f"completeness_{key}"] = fraction(band)
+        out[f"cells_{key}"] = int(band.sum())
+    if silt is not None:
+        silt = np.asarray(silt, dtype=bool)
+        if silt.shape != views.shape:
+            raise ValueError(f"silt {silt.shape} and views {views.shape} must have the same shape")
+        seen = views >= min_views
+        out["silt_completeness"] = fraction(seen & silt)
+        out["outside_silt_completeness"] = fraction(seen & ~silt)
+        out["silt_cells"] = int((seen & silt).sum())
+        out["outside_silt_cells"] = int((seen & ~silt).sum())
+    return out
+
+
+def in_silt(points: np.ndarray, gt: HeightGrid) -> np.ndarray:
+    """(N,) bool: points whose nearest ground-truth node lies in the silt mask (all False without one
+    or outside the grid)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    mask = getattr(gt, "silt_mask", None)
+    if mask is None or pts.shape[0] == 0:
+        return np.zeros(pts.shape[0], dtype=bool)
+    dx, dy = float(gt.x[1] - gt.x[0]), float(gt.y[1] - gt.y[0])
+    ix = np.round((pts[:, 0] - gt.x[0]) / dx)
+    iy = np.round((pts[:, 1] - gt.y[0]) / dy)
+    inside = (ix >= 0) & (ix < gt.x.size) & (iy >= 0) & (iy < gt.y.size)
+    ix = np.clip(np.nan_to_num(ix), 0, gt.x.size - 1).astype(np.int64)
+    iy = np.clip(np.nan_to_num(iy), 0, gt.y.size - 1).astype(np.int64)
+    return inside & np.asarray(mask, dtype=bool)[iy, ix]
 
 
 def sample_mesh_surface(mesh: o3d.geometry.TriangleMesh, n: int, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,8 @@ Layout of ``out_dir``::
 
     calibration.json      AquaCal "1.0", with "metadata": {"generator", "generator_version", "seed", "config"}
     videos/<camera>.mp4   one video per camera (lossless libx264rgb by default)
-    ground_truth.npz      x (Nx,), y (Ny,), z (F, Ny, Nx) world Z of the bottom, frame_indices (F,)
+    ground_truth.npz      x (Nx,), y (Ny,), z (F, Ny, Nx) world Z of the bottom, frame_indices (F,),
+                          silt_mask (Ny, Nx) where there is silt
     survey.yaml           the SurveySpec (calibration, inputs=videos, store=store.zarr, ground_truth)
 
 Everything is written into a temporary sibling directory that is renamed to ``out_dir`` at the end,
@@ -35,6 +36,7 @@ from aquamvs_core.synthetic.config import GENERATOR_NAME, SyntheticSurveyConfig
 from aquamvs_core.synthetic.ground_truth import save_ground_truth
 from aquamvs_core.synthetic.heightfield import Heightfield
 from aquamvs_core.synthetic.lenses import lens_report
+from aquamvs_core.synthetic.photometry import CameraPhotometry
 from aquamvs_core.synthetic.render import RenderSettings, render_frames
 from aquamvs_core.synthetic.rig import make_rig
 from aquamvs_core.synthetic.terrain import make_terrain
@@ -150,7 +152,17 @@ def _write_survey(root: Path, config: SyntheticSurveyConfig, workers: int | None
         terrain.texture.shape[0],
         time.perf_counter() - t0,
     )
-    save_ground_truth(root / GROUND_TRUTH_FILE, terrain.x, terrain.y, terrain.z, terrain.frame_indices)
+    save_ground_truth(
+        root / GROUND_TRUTH_FILE, terrain.x, terrain.y, terrain.z, terrain.frame_indices, terrain.silt_mask
+    )
+    if terrain.bowers or terrain.silt:
+        log.info(
+            "conditions: %d bowers (walls up to slope %.2f), %d silt patches over %.1f %% of the terrain",
+            len(terrain.bowers),
+            config.bower_max_slope if terrain.bowers else 0.0,
+            len(terrain.silt),
+            100 * float(terrain.silt_mask.mean()) if terrain.silt_mask is not None else 0.0,
+        )
 
     # Cameras are rendered in parallel Python threads, each with one torch thread (torch releases
     # the GIL): this uses the cores without torch's intra-op synchronisation (see RenderSettings).
@@ -160,7 +172,8 @@ def _write_survey(root: Path, config: SyntheticSurveyConfig, workers: int | None
 
     def render_camera(name: str) -> None:
         t0 = time.perf_counter()
-        images = render_frames(rig[name], rig.interface, terrain, frames, settings, heightfields)
+        photometry = CameraPhotometry.from_config(config, rig.camera_names.index(name))
+        images = render_frames(rig[name], rig.interface, terrain, frames, settings, heightfields, photometry)
         write_video(
             root / VIDEOS_DIR / f"{name}.mp4",
             _logged(images, name, len(frames)),

@@ -4,7 +4,10 @@ File layout (numpy ``.npz``):
 
 * ``x`` (Nx,) and ``y`` (Ny,): world X and Y of the grid nodes, metres, uniformly increasing;
 * ``z`` (F, Ny, Nx) float64: world Z of the bottom (Z down), metres, per frame;
-* ``frame_indices`` (F,): the video frame index of each ``z`` slice.
+* ``frame_indices`` (F,): the video frame index of each ``z`` slice;
+* ``silt_mask`` (Ny, Nx) bool, optional (surveys with silt patches only): the grid nodes that lie in
+  a low-contrast silt patch (:mod:`aquamvs_core.synthetic.silt`). Files without it load with
+  ``silt_mask = None``.
 
 The bottom surface is *defined* as the bilinear interpolation of ``z`` (:meth:`GroundTruth.height_at`).
 """
@@ -55,6 +58,7 @@ class GroundTruth:
     y: np.ndarray
     z: np.ndarray
     frame_indices: np.ndarray
+    silt_mask: np.ndarray | None = None
 
     def frame_slot(self, frame_index: int) -> int:
         """Position of ``frame_index`` in :attr:`frame_indices` (KeyError if absent)."""
@@ -73,18 +77,25 @@ class GroundTruth:
 
 
 def save_ground_truth(
-    path: str | Path, x: np.ndarray, y: np.ndarray, z: np.ndarray, frame_indices: np.ndarray
+    path: str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    frame_indices: np.ndarray,
+    silt_mask: np.ndarray | None = None,
 ) -> Path:
-    """Write ``ground_truth.npz`` (uncompressed)."""
+    """Write ``ground_truth.npz`` (uncompressed); ``silt_mask`` only when given."""
     path = Path(path)
+    arrays = {
+        "x": np.asarray(x, dtype=np.float64),
+        "y": np.asarray(y, dtype=np.float64),
+        "z": np.asarray(z, dtype=np.float64),
+        "frame_indices": np.asarray(frame_indices, dtype=np.int64),
+    }
+    if silt_mask is not None:
+        arrays["silt_mask"] = np.asarray(silt_mask, dtype=bool)
     with path.open("wb") as f:
-        np.savez(
-            f,
-            x=np.asarray(x, dtype=np.float64),
-            y=np.asarray(y, dtype=np.float64),
-            z=np.asarray(z, dtype=np.float64),
-            frame_indices=np.asarray(frame_indices, dtype=np.int64),
-        )
+        np.savez(f, **arrays)
     return path
 
 
@@ -97,6 +108,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
             raise ValueError(f"{path}: missing arrays {missing} (expected {list(GT_KEYS)})")
         x, y = data["x"].astype(np.float64), data["y"].astype(np.float64)
         z, frames = data["z"].astype(np.float64), data["frame_indices"].astype(np.int64)
+        silt = data["silt_mask"].astype(bool) if "silt_mask" in data else None
     if x.ndim != 1 or y.ndim != 1 or x.size < 2 or y.size < 2:
         raise ValueError(f"{path}: x and y must be 1-D with at least 2 nodes, got {x.shape}, {y.shape}")
     if np.any(np.diff(x) <= 0) or np.any(np.diff(y) <= 0):
@@ -106,4 +118,6 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
             f"{path}: z must be (F, Ny, Nx) = (F, {y.size}, {x.size}) with F frame_indices, "
             f"got z {z.shape}, frame_indices {frames.shape}"
         )
-    return GroundTruth(x=x, y=y, z=z, frame_indices=frames)
+    if silt is not None and silt.shape != (y.size, x.size):
+        raise ValueError(f"{path}: silt_mask must be (Ny, Nx) = ({y.size}, {x.size}), got {silt.shape}")
+    return GroundTruth(x=x, y=y, z=z, frame_indices=frames, silt_mask=silt)

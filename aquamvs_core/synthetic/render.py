@@ -11,8 +11,12 @@ For every (supersampled) pixel of the *distorted* image:
    ``f(s) = Z(s) - h(x(s), y(s))`` is bracketed by marching from the top of the relief band, then
    refined by the Illinois method to ``|Δs| < 1e-10`` m or ``|f| < 1e-13`` m;
 4. the hit is shaded: bilinear texture lookup at ``(x, y)``, Lambertian shading from the exact normal
-   of the bilinear surface, attenuation along the light path in water, backscatter;
-5. supersamples are averaged and the result is quantised to uint8 RGB.
+   of the bilinear surface, attenuation along the light path in water (vertically down to the hit,
+   then the ray's path ``s`` back up), and a backscatter haze that grows with the ray's in-water
+   path: ``colour = exposure (albedo · shade · exp(-c (down + s)) + B (1 - exp(-b s)))`` per channel,
+   ``c`` the attenuation, ``b`` the backscatter coefficients, ``B`` the water colour;
+5. supersamples are averaged; the camera's photometry (gain, white balance, vignetting, noise:
+   :mod:`.photometry`, optional) maps the radiance to pixel values, quantised to uint8 RGB.
 
 
 The intersection with the heightfield (marching and refinement) is :mod:`aquamvs_core.synthetic.heightfield`.
@@ -38,6 +42,7 @@ from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.runtime import torch_threads
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
 from aquamvs_core.synthetic.heightfield import DTYPE, Heightfield
+from aquamvs_core.synthetic.photometry import CameraPhotometry
 from aquamvs_core.synthetic.terrain import Terrain
 
 
@@ -54,6 +59,7 @@ class RenderSettings:
         ambient: fraction of the flat-bottom brightness that does not depend on the normal.
         exposure: overall gain.
         miss_colour: RGB of rays that do not hit the terrain.
+        backscatter: RGB backscatter coefficients of the haze, 1/m (None: ``attenuation``).
         chunk_size: rays processed at once (bounds memory).
         threads: torch intra-op threads while rendering (None: leave torch's setting alone). One by
             default: on small CPUs shared with other busy processes, multi-threaded torch ops on
@@ -70,6 +76,7 @@ class RenderSettings:
     miss_colour: tuple[float, float, float] = (0.02, 0.05, 0.07)
     chunk_size: int = 1 << 16
     threads: int | None = 1
+    backscatter: tuple[float, float, float] | None = None
 
     @classmethod
     def from_config(cls, config: SyntheticSurveyConfig) -> RenderSettings:
@@ -77,6 +84,7 @@ class RenderSettings:
             supersample=config.supersample,
             attenuation=config.water_attenuation,
             water_colour=config.water_colour,
+            backscatter=config.backscatter,
         )
 
 
@@ -156,6 +164,8 @@ class _Shader:
         self.ambient = settings.ambient
         self.diffuse = (1.0 - settings.ambient) / float(-self.light[2])  # flat bottom → 1
         self.atten = torch.tensor(settings.attenuation, dtype=torch.float32)
+        b = settings.backscatter
+        self.backscatter = self.atten if b is None else torch.tensor(b, dtype=torch.float32)
         self.water = torch.tensor(settings.water_colour, dtype=torch.float32)
         self.exposure = settings.exposure
         self.miss = torch.tensor(settings.miss_colour, dtype=torch.float32)
@@ -191,7 +201,7 @@ class _Shader:
         down = (p[:, 2] - self.water_z).to(torch.float32).unsqueeze(1)
         view = ray_depth[sel].to(torch.float32).unsqueeze(1)
         transmit = torch.exp(-self.atten * (down + view))
-        colour = albedo * shade * transmit + self.water * (1 - torch.exp(-self.atten * view))
+        colour = albedo * shade * transmit + self.water * (1 - torch.exp(-self.backscatter * view))
         out[sel] = colour * self.exposure
         return out
 
@@ -248,11 +258,13 @@ def render_frames(
     frame_indices: Iterable[int] | None = None,
     settings: RenderSettings | None = None,
     heightfields: dict[int, Heightfield] | None = None,
+    photometry: CameraPhotometry | None = None,
 ) -> Iterator[np.ndarray]:
     """Render ``camera``'s view of each frame (default: all of the terrain's frames), lazily.
 
     The camera's rays are computed once. ``heightfields`` (frame index → :class:`Heightfield`) may be
-    shared between cameras to save rebuilding them. Yields (H, W, 3) uint8 RGB images.
+    shared between cameras to save rebuilding them. ``photometry``: the camera's gain, vignetting and
+    noise (None: none). Yields (H, W, 3) uint8 RGB images.
     """
     settings = settings or RenderSettings()
     frames = list(terrain.frame_indices.tolist() if frame_indices is None else frame_indices)
@@ -275,6 +287,8 @@ def render_frames(
                 pts = o + torch.nan_to_num(s).unsqueeze(1) * d
                 colour[sl] = shader.shade(hf, pts, s, hit)
             img = colour.reshape(h, w, n * n, 3).mean(dim=2)
+            if photometry is not None and not photometry.is_identity:
+                img = torch.from_numpy(photometry.apply(img.numpy(), camera, frame))
             image = (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         yield image
 
@@ -285,6 +299,7 @@ def render_view(
     terrain: Terrain,
     frame_index: int = 0,
     settings: RenderSettings | None = None,
+    photometry: CameraPhotometry | None = None,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB image of ``camera`` looking at the bottom of frame ``frame_index``."""
-    return next(render_frames(camera, interface, terrain, [frame_index], settings))
+    return next(render_frames(camera, interface, terrain, [frame_index], settings, photometry=photometry))

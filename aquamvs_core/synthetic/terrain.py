@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from aquamvs_core.runtime import torch_threads
+from aquamvs_core.synthetic.bowers import Bower, bower_relief, make_bowers
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
-from aquamvs_core.synthetic.rig import rig_center
+from aquamvs_core.synthetic.rig import rig_center, rig_radius
+from aquamvs_core.synthetic.silt import SiltPatch, make_silt_patches, silt_fields
 from aquamvs_core.synthetic.texture import make_texture, smooth_noise
 
 TERRAIN_STREAM = 2
@@ -63,6 +65,9 @@ class Terrain:
         texture_origin: world (x, y) of the centre of texel (0, 0), metres.
         texel_size: texel spacing, metres.
         crater: the fish nest, if any (informative).
+        bowers: the steep bowers (informative; their relief is in ``z``).
+        silt: the silt patches (informative; their detail is in ``texture``).
+        silt_mask: (Ny, Nx) bool, the grid nodes inside a silt patch (None: no silt).
     """
 
     x: np.ndarray
@@ -73,6 +78,9 @@ class Terrain:
     texture_origin: tuple[float, float]
     texel_size: float
     crater: Crater | None = None
+    bowers: tuple[Bower, ...] = ()
+    silt: tuple[SiltPatch, ...] = ()
+    silt_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.z.ndim != 3 or self.z.shape[1:] != (self.y.size, self.x.size):
@@ -87,6 +95,8 @@ class Terrain:
                 raise ValueError(f"{name} must be uniformly increasing")
         if self.texture.ndim != 3 or self.texture.shape[2] != 3:
             raise ValueError(f"texture must be (Ht, Wt, 3), got {self.texture.shape}")
+        if self.silt_mask is not None and self.silt_mask.shape != self.z.shape[1:]:
+            raise ValueError(f"silt_mask must have shape {self.z.shape[1:]}, got {self.silt_mask.shape}")
 
     def frame_slot(self, frame_index: int) -> int:
         """Position of ``frame_index`` in :attr:`frame_indices`."""
@@ -151,6 +161,7 @@ class _Relief:
     ripple_amp: float
     ripple_bend: tuple[float, float, float]  # sinuosity: amplitude (rad), wavelength (m), phase
     ripple_envelope: np.ndarray  # (Ny, Nx) amplitude modulation
+    bowers: tuple[Bower, ...] = ()
 
 
 def make_crater(config: SyntheticSurveyConfig) -> Crater:
@@ -171,7 +182,13 @@ def make_crater(config: SyntheticSurveyConfig) -> Crater:
     )
 
 
-def _make_relief(config: SyntheticSurveyConfig, x: np.ndarray, y: np.ndarray, crater: Crater) -> _Relief:
+def _make_relief(
+    config: SyntheticSurveyConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    crater: Crater,
+    silt_fraction: np.ndarray | None = None,
+) -> _Relief:
     rng = np.random.default_rng([config.seed, TERRAIN_STREAM])
     s = config.relief_scale
     c = rig_center(config)[:2]
@@ -199,14 +216,22 @@ def _make_relief(config: SyntheticSurveyConfig, x: np.ndarray, y: np.ndarray, cr
         return c[0] + r * math.cos(a), c[1] + r * math.sin(a)
 
     # Mounds and pits.
+    occupied = [(crater.x, crater.y, crater.rim_radius + 2 * crater.rim_sigma)]  # (x, y, radius)
     for _ in range(4):
         mx, my = around(0.12, 0.42)
-        static += gauss(mx, my, s * rng.uniform(0.010, 0.022), rng.uniform(0.045, 0.09))
+        amplitude = s * rng.uniform(0.010, 0.022)  # drawn before the width, as ever
+        sigma = rng.uniform(0.045, 0.09)
+        static += gauss(mx, my, amplitude, sigma)
+        occupied.append((mx, my, 1.5 * sigma))
     for _ in range(2):
         px, py = around(0.15, 0.42)
-        static += gauss(px, py, -s * rng.uniform(0.008, 0.014), rng.uniform(0.04, 0.07))
+        amplitude = -s * rng.uniform(0.008, 0.014)
+        sigma = rng.uniform(0.04, 0.07)
+        static += gauss(px, py, amplitude, sigma)
+        occupied.append((px, py, 1.5 * sigma))
     gx, gy = around(0.15, 0.3)
     mound = (gx, gy, s * rng.uniform(0.012, 0.018), rng.uniform(0.05, 0.07))
+    occupied.append((gx, gy, 1.5 * mound[3]))
 
     # Fine roughness (about 1.5 cm features, 0.2 mm).
     size = float(x[-1] - x[0])
@@ -219,6 +244,14 @@ def _make_relief(config: SyntheticSurveyConfig, x: np.ndarray, y: np.ndarray, cr
     envelope = 0.75 + 0.25 * smooth_noise(rng, X.shape, size, 0.3).astype(np.float64)
     r2 = (X - crater.x) ** 2 + (Y - crater.y) ** 2
     envelope *= 1.0 - np.exp(-r2 / (2 * (0.6 * crater.rim_radius) ** 2))  # no ripples in the nest
+    # Steep sand castles on flat sand (away from the nest and the mounds), calm sand on and around them.
+    bowers = make_bowers(config, c, rig_radius(config) + 0.15, occupied) if config.bowers else ()
+    if bowers:
+        elevation, calm = bower_relief(bowers, x, y)
+        static += elevation
+        envelope *= calm
+    if silt_fraction is not None:  # silt settles in the ripples
+        envelope *= 1.0 - silt_fraction.astype(np.float64)
     return _Relief(
         static=static,
         mound=mound,
@@ -228,6 +261,7 @@ def _make_relief(config: SyntheticSurveyConfig, x: np.ndarray, y: np.ndarray, cr
         ripple_amp=ripple_amp,
         ripple_bend=ripple_bend,
         ripple_envelope=envelope,
+        bowers=bowers,
     )
 
 
@@ -276,10 +310,13 @@ def make_terrain(config: SyntheticSurveyConfig) -> Terrain:
     thread while the heightfields are computed (independent random streams: same result).
     """
     crater = make_crater(config)
+    center, radius = rig_center(config)[:2], rig_radius(config)
     with torch_threads(1), ThreadPoolExecutor(max_workers=1) as pool:
         texture_job = pool.submit(make_texture, config, crater)
         x, y = terrain_grid(config)
-        relief = _make_relief(config, x, y, crater)
+        silt = make_silt_patches(config, center, radius + 0.1) if config.silt_patches else ()
+        fraction, _, silt_mask = silt_fields(silt, x, y) if silt else (None, None, None)
+        relief = _make_relief(config, x, y, crater, fraction)
         X, Y = np.meshgrid(x, y)
         elev = np.stack([_elevation(relief, X, Y, f, config) for f in range(config.n_frames)])
         offset = float(elev[0].mean())
@@ -294,4 +331,7 @@ def make_terrain(config: SyntheticSurveyConfig) -> Terrain:
         texture_origin=origin,
         texel_size=texel,
         crater=crater,
+        bowers=relief.bowers,
+        silt=silt,
+        silt_mask=silt_mask,
     )

@@ -4,7 +4,7 @@
 square), values in ``[0, 1]``, attached to ``(x, y)`` (the relief changes under it, not the texture):
 sand tones mixed at large scale, multi-octave luminance noise from 2 mm to 6 cm, individual grains
 (quartz, dark minerals, iron-stained) of 0.5–1 mm, pebbles and shell fragments, darker detritus in
-the nest and gravel on its rim.
+the nest and gravel on its rim; optionally low-contrast silt patches (:mod:`.silt`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from aquamvs_core.synthetic.config import SyntheticSurveyConfig
-from aquamvs_core.synthetic.rig import rig_center
+from aquamvs_core.synthetic.rig import rig_center, rig_radius
+from aquamvs_core.synthetic.silt import apply_silt, make_silt_patches, silt_fields
 
 if TYPE_CHECKING:  # the nest shapes the texture; the terrain module makes it
     from aquamvs_core.synthetic.terrain import Crater
@@ -199,6 +200,12 @@ def make_texture(
     radii = rng.uniform(0.001, 0.003, n_shell)
     cols = np.clip(np.array([0.92, 0.90, 0.84]) * rng.uniform(0.85, 1.05, (n_shell, 1)), 0, 1)
     _draw_ellipses(img, rng, centers, radii, cols.astype(np.float32), origin, texel, light, 0.15)
+
+    # Silt patches: the same colour at large scale, far less detail (aquamvs_core.synthetic.silt).
+    if config.silt_patches:
+        patches = make_silt_patches(config, c[:2], rig_radius(config) + 0.1)
+        fraction, contrast, _ = silt_fields(patches, xs, ys)
+        img = apply_silt(img, fraction, contrast, texel, gaussian_blur)
 
     # Band-limit to what a camera can resolve: a pixel sees ~2 mm of the bottom and the renderer
     # point-samples the texture (supersampled), so sub-millimetre detail would only alias.

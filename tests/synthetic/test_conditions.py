@@ -21,12 +21,14 @@ from aquamvs_core.camera.distortion import distort_normalized, fold_limit
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.synthetic import (
     CONDITIONS,
+    GENERATOR_VERSION,
     RenderSettings,
     SyntheticSurveyConfig,
     Terrain,
     condition_config,
     lens_report,
     make_rig,
+    make_terrain,
     read_config,
     render_view,
     rig_center,
@@ -67,6 +69,65 @@ def test_conditions_are_presets_that_combine_and_validate():
     # Only the fields a condition changes are stored (a default survey stores none of them).
     stored = condition_config("lab-rig").stored_config()
     assert stored["rig_layout"] == "grid" and "silt_patches" not in stored
+
+
+def test_the_default_survey_is_what_earlier_versions_generated():
+    """Values recorded with the generator before the conditions were added (GENERATOR_VERSION 1):
+    a change here changes every default survey, and must bump GENERATOR_VERSION."""
+    config = SyntheticSurveyConfig(
+        image_size=(160, 120),
+        n_ring_cameras=4,
+        n_frames=2,
+        terrain_cell=0.004,
+        texel_size=0.004,
+        supersample=1,
+    )
+    assert GENERATOR_VERSION == 1
+    rig = make_rig(config)
+    cam1, aux = rig["cam1"], rig["aux"]
+    np.testing.assert_allclose(
+        [cam1.K[0, 0], cam1.K[0, 2], cam1.K[1, 2], cam1.R[0, 1]],
+        [125.57484616939922, 79.74263758979255, 60.59902048878928, 0.007379581391129328],
+        rtol=0,
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        cam1.dist_coeffs,
+        [
+            -0.034542798173135235,
+            0.0020668853948824784,
+            -0.0002466476690301188,
+            -0.0004904219613380183,
+            -0.0020644657149174648,
+        ],
+        rtol=0,
+        atol=1e-15,
+    )
+    np.testing.assert_allclose(
+        cam1.center, [-0.2975572525535884, 0.30006146143974555, -0.002549748879433031], rtol=0, atol=1e-13
+    )
+    np.testing.assert_allclose(
+        aux.dist_coeffs,
+        [0.018006684127425406, -0.0024634283432859363, 4.5178159198536725e-05, -0.0001698616793088355],
+        rtol=0,
+        atol=1e-15,
+    )
+    terrain = make_terrain(config)
+    nodes = [(0, 0, 0), (1, 100, 200), (0, 175, 175), (1, 350, 17), (0, 123, 321)]
+    np.testing.assert_allclose(
+        [terrain.z[n] for n in nodes],
+        [1.199427789391808, 1.1992023567173982, 1.205131168941645, 1.2037763406211286, 1.1965353994367929],
+        rtol=0,
+        atol=1e-12,
+    )
+    assert terrain.z.sum() == pytest.approx(295681.1307396231, rel=1e-12)
+    assert terrain.texture.astype(np.float64).sum() == pytest.approx(226006.16325757653, rel=1e-6)
+    image = render_view(cam1, rig.interface, terrain, 1, RenderSettings.from_config(config)).astype(int)
+    assert image.mean() == pytest.approx(150.6342361111111, abs=0.01)
+    assert (
+        np.abs(image[60, 80] - [145, 159, 121]).max() <= 1
+        and np.abs(image[10, 150] - [200, 211, 152]).max() <= 1
+    )
 
 
 # --------------------------------------------------------------------------------------------
