@@ -149,11 +149,10 @@ def build_pair_geometry_asset(
     ) -> dg.MaterializeResult:
         survey_store = store.get()
         rig = survey_store.read_rig()
-        Ks = survey_store.read_undistorted_K()
         bottom_z = rig.interface.water_z + config.water_depth_m
         rows = []
         for key in context.partition_keys:
-            geometry = pair_geometry(rig, by_key[key], bottom_z, Ks)
+            geometry = pair_geometry(rig, by_key[key], bottom_z)
             survey_store.write_pair_geometry(key, geometry)
             rows.append(geometry)
             context.log.info(

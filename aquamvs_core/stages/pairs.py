@@ -114,16 +114,12 @@ def pair_overlap(ref: RefractiveCamera, src: RefractiveCamera, bottom_z: float, 
     return float(seen.double().mean())
 
 
-def pair_geometry(rig: Rig, pair: CameraPair, bottom_z: float, K_undistorted: dict | None = None) -> dict:
+def pair_geometry(rig: Rig, pair: CameraPair, bottom_z: float) -> dict:
     """Geometry of a directed pair: centre baseline (m) and overlap of ``ref``'s view of the plane
-    ``Z = bottom_z`` with ``src``'s image, through the water (JSON-ready dict).
-
-    ``K_undistorted`` maps camera → (3, 3) intrinsics of the undistorted images (default: the
-    calibrated K).
-    """
-    Ks = K_undistorted or {}
-    ref = RefractiveCamera.from_calibration(rig[pair.ref], rig.interface, Ks.get(pair.ref))
-    src = RefractiveCamera.from_calibration(rig[pair.src], rig.interface, Ks.get(pair.src))
+    ``Z = bottom_z`` with ``src``'s image, through the water, on the original images (lens model,
+    fold guard) (JSON-ready dict)."""
+    ref = RefractiveCamera.from_calibration(rig[pair.ref], rig.interface, with_lens=True)
+    src = RefractiveCamera.from_calibration(rig[pair.src], rig.interface, with_lens=True)
     baseline = float(np.linalg.norm(rig[pair.ref].center - rig[pair.src].center))
     return {
         "ref": pair.ref,
