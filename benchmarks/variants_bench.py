@@ -8,10 +8,10 @@ Usage (from the repository root)::
         --variants original full calibrated --out benchmarks/results/canvas_cpu.md
 
 Variants (:data:`VARIANTS`): ``original`` is the product's configuration (frames on the original
-pixel grid with the lens in the camera model, geometric view selection, multi-scale fallback);
+pixel grid with the lens in the camera model, geometric view selection);
 ``full`` / ``calibrated`` change the undistortion canvas (:mod:`aquamvs_core.stages.ingest`);
 ``nearest`` selects each camera's k nearest cameras by centre plus the auxiliary as a source (the
-earlier rule); ``no-fallback`` turns the plane sweep's multi-scale fallback off; ``calibrated-nearest``
+earlier rule); ``fallback`` turns the plane sweep's multi-scale fallback on; ``calibrated-nearest``
 is the earlier pipeline's geometry (calibrated-K canvas and nearest pairs).
 
 Each variant ingests frame 0 into a private store under ``--work`` (default ``.data/variants``),
@@ -55,7 +55,7 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "calibrated": ("calibrated", "geometric", {}),
     "nearest": ("original", "nearest", {}),
     "calibrated-nearest": ("calibrated", "nearest", {}),
-    "no-fallback": ("original", "geometric", {"plane_sweep": {"multiscale_fallback": False}}),
+    "fallback": ("original", "geometric", {"plane_sweep": {"multiscale_fallback": True}}),
 }
 
 
