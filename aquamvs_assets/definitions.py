@@ -22,7 +22,7 @@ from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, SurveyResource, ZarrStoreResource
 from aquamvs_assets.sensors import build_sensors
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.survey import SurveyError, load_survey_spec
 
 
@@ -61,7 +61,7 @@ def build_definitions(
     if sensor_interval_s is None:
         sensor_interval_s = int(os.environ.get(SENSOR_INTERVAL_ENV, "30"))
     ns = SurveyNamespace(spec.name)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pairs = survey_pairs(load_calibration(spec.calibration), spec)
     jobs = build_jobs(ns)
     return dg.Definitions(
         assets=[

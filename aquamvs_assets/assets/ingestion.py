@@ -137,11 +137,10 @@ def build_ingestion_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list
     ) -> dg.MaterializeResult:
         survey_store = store.get()
         rig = survey_store.read_rig()
-        Ks = survey_store.read_undistorted_K()
         bottom_z = rig.interface.water_z + config.water_depth_m
         rows = []
         for pair in pairs:
-            geometry = pair_geometry(rig, pair, bottom_z, Ks)
+            geometry = pair_geometry(rig, pair, bottom_z)
             survey_store.write_pair_geometry(pair.key, geometry)
             rows.append({k: geometry[k] for k in ("ref", "src", "baseline_m", "overlap")})
         context.log.info(f"{len(rows)} pairs at {bottom_z:.3f} m")
