@@ -1,5 +1,5 @@
 """What every store-level step shares: the registry of stages (one per asset, named after it), the
-cameras of the store's undistorted images, the pairs the dense stages use, provenance attrs, and
+cameras of the store's images, the pairs the dense stages use, provenance attrs, and
 **fingerprints**.
 
 A product's fingerprint is a hash of everything it was made from: its stage and that stage's code
@@ -125,7 +125,8 @@ def frame_fingerprint(store: SurveyStore, frame: str) -> str:
 
 @dataclass(frozen=True)
 class StoreCameras:
-    """The refractive cameras of a store's undistorted images, and their validity masks."""
+    """The refractive cameras of a store's images (with the lens model for the cameras stored on
+    their original grid), and their validity masks."""
 
     cameras: dict[str, RefractiveCamera]
     masks: dict[str, np.ndarray]

@@ -328,3 +328,24 @@ def test_fusing_exact_original_grid_depth_maps_with_lab_lenses(lab_lens_scene):
     assert m["completeness"] > 0.95
     assert cloud.support.min() >= 2 and np.mean(cloud.support == 4) > 0.3
     assert 60 < np.median(cloud.colors.astype(float)) < 230
+
+
+def test_tile_culling_keeps_every_point_that_projects_near_a_lens_image(lab_lens_scene):
+    """The tiles' corner boxes bound their points' projections through the strong lab lenses too
+    (the lens compresses the periphery: projections stay inside the corners' pixel box)."""
+    s = lab_lens_scene
+    names = list(s.depth)
+    for src in names:
+        view = prepare_view(src, FusionView(s.depth[src]), s.cameras[src], 0.1, torch.device("cpu"))
+        pts, _ = source_points(view, 1, 1.5, 0.001, 1 << 16)
+        assert len(pts) > 5000
+        used, corners = tile_boxes(pts)
+        for wit in names:
+            if wit == src:
+                continue
+            h, w = s.depth[wit].depth.shape
+            seen = tiles_seen(s.cameras[wit], (h, w), used, corners, pts.n_tiles)[pts.tile]
+            p = project_points(s.cameras[wit], pts.cols[:3].T.double())
+            near = p.valid & (p.u > -1) & (p.u < w) & (p.v > -1) & (p.v < h)
+            assert int(near.sum()) > 1000, (src, wit)
+            assert not bool((near & ~seen).any()), (src, wit)
