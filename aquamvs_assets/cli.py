@@ -244,12 +244,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from aquamvs_core.camera.calibration import load_calibration
     from aquamvs_core.config import build_config
     from aquamvs_core.evaluation.benchmark import profile_frame
-    from aquamvs_core.stages.pairs import select_pairs
+    from aquamvs_core.stages.pairs import survey_pairs
     from aquamvs_core.store import SurveyStore
 
     survey_file = _survey_with_frame(args.survey, args.frame, args.dagster_home)
     spec = load_survey_spec(survey_file)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pairs = survey_pairs(load_calibration(spec.calibration), spec)
     config = build_config(args.preset, args.pathway, args.config)
     profiler, sizes = profile_frame(SurveyStore(spec.store), frame_key(args.frame), pairs, config)
     table = profiler.table()
@@ -269,11 +269,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     from aquamvs_core.camera.calibration import load_calibration
     from aquamvs_core.evaluation.benchmark import benchmark_matrix
-    from aquamvs_core.stages.pairs import select_pairs
+    from aquamvs_core.stages.pairs import survey_pairs
 
     survey_file = _survey_with_frame(args.survey, args.frame, args.dagster_home)
     spec = load_survey_spec(survey_file)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pairs = survey_pairs(load_calibration(spec.calibration), spec)
     with tempfile.TemporaryDirectory(prefix="aquamvs-benchmark-") as tmp:
         table = benchmark_matrix(
             spec.store, frame_key(args.frame), pairs, args.pathways, args.presets, tmp, spec.ground_truth

@@ -23,7 +23,7 @@ from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, Survey
 from aquamvs_assets.scaleout import TRANSIENT_RETRY, executor_from_env
 from aquamvs_assets.sensors import build_sensors
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.survey import SurveyError, is_url, load_survey_spec
 
 
@@ -65,7 +65,7 @@ def build_definitions(
     if sensor_interval_s is None:
         sensor_interval_s = int(os.environ.get(SENSOR_INTERVAL_ENV, "30"))
     ns = SurveyNamespace(spec.name)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pairs = survey_pairs(load_calibration(spec.calibration), spec)
     # Steps on an object store retry: a store unreachable for a while is a transient failure.
     jobs = build_jobs(ns, retry_policy=TRANSIENT_RETRY if is_url(spec.store) else None)
     return dg.Definitions(

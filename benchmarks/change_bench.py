@@ -41,9 +41,11 @@ from aquamvs_core.camera.calibration import load_calibration  # noqa: E402
 from aquamvs_core.config import build_config  # noqa: E402
 from aquamvs_core.evaluation.benchmark import profile_frame  # noqa: E402
 from aquamvs_core.evaluation.change_metrics import change_metrics, heightfield_metrics, seen_cells  # noqa: E402
+from aquamvs_core.evaluation.lens_visibility import original_depth_map  # noqa: E402
 from aquamvs_core.preview import change_map  # noqa: E402
+from aquamvs_core.stages.depth_map import DepthMap  # noqa: E402
 from aquamvs_core.stages.ingest import Undistorter  # noqa: E402
-from aquamvs_core.stages.pairs import select_pairs  # noqa: E402
+from aquamvs_core.stages.pairs import survey_pairs  # noqa: E402
 from aquamvs_core.store import SurveyStore  # noqa: E402
 from aquamvs_core.survey import Survey, frame_index, frame_key, load_survey_spec  # noqa: E402
 from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey, load_ground_truth  # noqa: E402
@@ -72,7 +74,7 @@ def reconstruct(survey_file: Path, n_frames: int, preset: str) -> tuple[SurveySt
             if not store.has_calibration():
                 steps.write_calibration(store, survey.rig, undistorter)
             steps.ingest_frames(survey, store, [frame_index(k) for k in todo], undistorter)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pairs = survey_pairs(load_calibration(spec.calibration), spec)
     for key in todo:
         t0 = time.perf_counter()
         profile_frame(store, key, pairs, config)
@@ -92,17 +94,30 @@ def reconstruct(survey_file: Path, n_frames: int, preset: str) -> tuple[SurveySt
     return store, keys, seconds
 
 
+def stored_grid_gt_maps(store: SurveyStore, gt, index: int) -> dict[str, DepthMap]:
+    """Exact ground-truth depth maps on each camera's stored grid: the original image for cameras
+    that keep their lens (the default), the calibrated undistorted canvas otherwise."""
+    rig = store.read_rig()
+    lens = set(store.read_lens_cameras())
+    maps = gt_depth_maps(rig, gt, index) if set(rig.camera_names) - lens else {}
+    for name in lens:
+        depth = original_depth_map(rig[name], rig.interface, gt, index)[..., 0]
+        maps[name] = DepthMap(name, depth, torch.isfinite(depth).float())
+    return maps
+
+
 def evaluate(
     seed: int, survey_file: Path, store: SurveyStore, keys: list[str]
 ) -> tuple[list[dict], list[dict]]:
     gt = load_ground_truth(load_survey_spec(survey_file).ground_truth)
     cams = steps.StoreCameras.load(store)
-    rig = store.read_rig()
     frames, changes = [], []
     for key in keys:
         index = frame_index(key)
         bed = steps.read_heightfield(store, key)
-        views = seen_cells(gt, index, bed.grid, cams.cameras, cams.masks, gt_depth_maps(rig, gt, index))
+        views = seen_cells(
+            gt, index, bed.grid, cams.cameras, cams.masks, stored_grid_gt_maps(store, gt, index)
+        )
         m = heightfield_metrics(bed, gt, index, views)
         frames.append({"seed": seed, "frame": index, **m})
         for earlier in store.list_products(f"bed_change/{key}"):

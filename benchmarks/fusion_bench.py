@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 from aquamvs_core import steps  # noqa: E402
 from aquamvs_core.config import build_config  # noqa: E402
-from aquamvs_core.evaluation.metrics import reconstruction_metrics, visibility_count  # noqa: E402
+from aquamvs_core.evaluation.lens_visibility import original_visibility_count  # noqa: E402
+from aquamvs_core.evaluation.metrics import reconstruction_metrics  # noqa: E402
 from aquamvs_core.evaluation.profiling import Profiler  # noqa: E402
 from aquamvs_core.stages.fusion import cleanup, fuse  # noqa: E402
 from aquamvs_core.store import SurveyStore  # noqa: E402
 from aquamvs_core.synthetic import load_ground_truth  # noqa: E402
-from aquamvs_core.synthetic.ground_truth_views import gt_depth_maps  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
 CPU: dict[str, float] = defaultdict(float)
@@ -54,15 +54,15 @@ def _timed(name: str, fn):
 
 
 def seen_mask(store: SurveyStore, cams: steps.StoreCameras, gt_path: str, frame: str) -> np.ndarray:
-    """Ground-truth cells seen by two or more cameras (cached in /tmp)."""
-    key = hashlib.sha1(f"{Path(store.root).resolve()}:{frame}:{gt_path}".encode()).hexdigest()[:12]
+    """Ground-truth cells seen by two or more cameras in their original images, as the quality report
+    counts them (cached in /tmp)."""
+    key = hashlib.sha1(f"original:{Path(store.root).resolve()}:{frame}:{gt_path}".encode()).hexdigest()[:12]
     cache = Path(f"/tmp/fusion_bench_seen_{key}.npy")
     if cache.is_file():
         return np.load(cache)
     gt = load_ground_truth(gt_path)
     index = int(frame.lstrip("f"))
-    depth = gt_depth_maps(store.read_rig(), gt, index)
-    seen = visibility_count(gt, index, cams.cameras, cams.masks, depth) >= 2
+    seen = original_visibility_count(gt, index, store.read_rig()) >= 2
     np.save(cache, seen)
     return seen
 

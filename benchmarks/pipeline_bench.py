@@ -32,7 +32,7 @@ from aquamvs_core import steps as steps  # noqa: E402
 from aquamvs_core.config import build_config  # noqa: E402
 from aquamvs_core.evaluation.benchmark import STAGES, profile_frame  # noqa: E402
 from aquamvs_core.evaluation.quality import quality_report  # noqa: E402
-from aquamvs_core.stages.pairs import select_pairs  # noqa: E402
+from aquamvs_core.stages.pairs import survey_pairs  # noqa: E402
 from aquamvs_core.store import SurveyStore  # noqa: E402
 from aquamvs_core.survey import frame_key, load_survey_spec  # noqa: E402
 
@@ -55,7 +55,7 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path, source_stor
     shutil.copytree(source_store or spec.store, store_path)
     store = SurveyStore(store_path)
     rig = store.read_rig()
-    pairs = select_pairs(rig, spec.pair_neighbours)
+    pairs = survey_pairs(rig, spec)
     config = build_config(preset)
     key = frame_key(frame)
     load_before = os.getloadavg()[0]

@@ -36,7 +36,7 @@ from aquamvs_core.config import build_config
 from aquamvs_core.evaluation.profiling import Profiler
 from aquamvs_core.stages.dense.correspondence_depth import warp_to_pair_depth
 from aquamvs_core.stages.dense.roma import RomaSession, RomaSettings, build_roma, random_checkpoints
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import load_survey_spec
 from aquamvs_core.synthetic import load_ground_truth
@@ -101,7 +101,7 @@ def main() -> None:
     store = SurveyStore(spec.store)
     cams = steps.StoreCameras.load(store)
     rig = store.read_rig()
-    pairs = [p for p in select_pairs(rig, spec.pair_neighbours) if p.src not in rig.auxiliary_names]
+    pairs = [p for p in survey_pairs(rig, spec) if p.src not in rig.auxiliary_names]
     config = build_config("balanced", "roma")
     rows = []
 

@@ -85,7 +85,7 @@ def ingested(synthetic_survey_file):
     ``(spec, store, pairs)``."""
     from aquamvs_core.camera.calibration import load_calibration
     from aquamvs_core.stages.ingest import Undistorter
-    from aquamvs_core.stages.pairs import select_pairs
+    from aquamvs_core.stages.pairs import survey_pairs
     from aquamvs_core.steps import ingest_frames, write_calibration
     from aquamvs_core.store import SurveyStore
     from aquamvs_core.survey import Survey, load_survey_spec
@@ -96,7 +96,7 @@ def ingested(synthetic_survey_file):
         undistorter = Undistorter.for_rig(survey.rig)
         write_calibration(store, survey.rig, undistorter)
         ingest_frames(survey, store, [0], undistorter)
-    pairs = select_pairs(load_calibration(spec.calibration), spec.pair_neighbours)
+    pairs = survey_pairs(load_calibration(spec.calibration), spec)
     return spec, store, pairs
 
 

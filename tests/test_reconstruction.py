@@ -126,7 +126,9 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
     store = SurveyStore(out / ".aquamvs" / "store.zarr", read_only=True)
     for frame in ("f000000", "f000001"):
         pairs = store.list_products(product_path(Product.PAIRWISE_DEPTHS, frame))
-        assert len(pairs) == 4 * (3 + 1)  # 4 ring cameras × (3 neighbours + the auxiliary)
+        # Sources by view geometry: 4 ring cameras × (3 ring cameras + the fisheye), and the fisheye
+        # as a reference with the 4 ring cameras.
+        assert len(pairs) == 4 * (3 + 1) + 4
     assert store.list_products(product_path(Product.BED_CHANGE, "f000001")) == ["f000000"]
     assert all(run.is_success for run in instance.get_runs())
     jobs = sorted(r.job_name for r in instance.get_runs())

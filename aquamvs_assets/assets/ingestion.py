@@ -1,4 +1,4 @@
-"""Ingestion assets of one survey: the calibration, the undistorted frames (with the
+"""Ingestion assets of one survey: the calibration, the frames on each camera's stored grid (with the
 ``frames_complete`` check against the inputs) and the camera pairs' geometry."""
 
 import dagster as dg
@@ -33,8 +33,9 @@ def build_ingestion_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list
         key=ns.key("survey_calibration"),
         group_name=GROUP,
         kinds={"zarr"},
-        description="The validated AquaCal calibration, undistorted intrinsics and per-camera validity "
-        "masks, written to the store. Its data version is the calibration's content hash.",
+        description="The validated AquaCal calibration and each camera's stored grid (intrinsics, "
+        "validity mask, whether the lens stays in the camera model), written to the store. Its data "
+        "version is the calibration's content hash.",
     )
     def survey_calibration(
         context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
@@ -80,7 +81,8 @@ def build_ingestion_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list
                 "have the rig's cameras, size and calibration.",
             )
         ],
-        description="Undistorted RGB frames of every camera, one Zarr group per survey frame.",
+        description="RGB frames of every camera on its stored grid (by default as recorded, the lens in "
+        "the camera model), one Zarr group per survey frame.",
     )
     def frames(
         context: dg.AssetExecutionContext, survey: SurveyResource, store: ZarrStoreResource
@@ -98,7 +100,7 @@ def build_ingestion_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list
             (record,) = ingest_frames(sv, survey_store, [frame_index(key)])
         context.log.info(
             f"frame {key}: {len(record.cameras)} cameras "
-            f"{'already stored' if record.reused else 'undistorted and stored'} ({record.seconds:.2f} s)"
+            f"{'already stored' if record.reused else 'stored'} ({record.seconds:.2f} s)"
         )
         problems = verify_frames(spec, survey_store, [record.index])[key]
         images = survey_store.read_frame(key)
@@ -137,11 +139,10 @@ def build_ingestion_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list
     ) -> dg.MaterializeResult:
         survey_store = store.get()
         rig = survey_store.read_rig()
-        Ks = survey_store.read_undistorted_K()
         bottom_z = rig.interface.water_z + config.water_depth_m
         rows = []
         for pair in pairs:
-            geometry = pair_geometry(rig, pair, bottom_z, Ks)
+            geometry = pair_geometry(rig, pair, bottom_z)
             survey_store.write_pair_geometry(pair.key, geometry)
             rows.append({k: geometry[k] for k in ("ref", "src", "baseline_m", "overlap")})
         context.log.info(f"{len(rows)} pairs at {bottom_z:.3f} m")

@@ -224,16 +224,18 @@ def _tolerance(xy_d: torch.Tensor) -> torch.Tensor:
 
 
 def _undistort_fisheye(
-    xy_d: torch.Tensor, k: torch.Tensor, theta_max: float, max_iter: int
+    xy_d: torch.Tensor, k: torch.Tensor, theta_max: float, max_iter: int, initial: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``θ_d(θ) = |xy_d|`` on the monotonic bracket ``[0, θ_max]`` (safeguarded Newton)."""
+    """Solve ``θ_d(θ) = |xy_d|`` on the monotonic bracket ``[0, θ_max]`` (safeguarded Newton), starting
+    at ``θ = |xy_d|`` or at the incidence angle of the ideal coords ``initial`` (..., 2)."""
     rd = xy_d.norm(dim=-1)
     tol = _tolerance(xy_d)
     # Stay strictly below π/2 so that tan θ stays finite.
     hi_lim = min(theta_max, math.pi / 2 * (1 - 4 * torch.finfo(xy_d.dtype).eps))
     lo = torch.zeros_like(rd)
     hi = torch.full_like(rd, hi_lim)
-    theta = torch.clamp(rd, max=hi_lim)
+    start = rd if initial is None else torch.atan(initial.norm(dim=-1))
+    theta = torch.nan_to_num(start, nan=0.0).clamp(0.0, hi_lim)
     best = theta
     best_err = torch.full_like(rd, math.inf)
     converged = torch.zeros_like(rd, dtype=torch.bool)
@@ -267,11 +269,15 @@ def _undistort_fisheye(
 
 
 def _undistort_pinhole(
-    xy_d: torch.Tensor, k: torch.Tensor, r_max: float, max_iter: int
+    xy_d: torch.Tensor, k: torch.Tensor, r_max: float, max_iter: int, initial: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """2-D Newton with the analytic Jacobian and a backtracking line search."""
+    """2-D Newton with the analytic Jacobian and a backtracking line search, starting at ``xy_d`` or at
+    ``initial`` (..., 2) where it is finite."""
     tol = _tolerance(xy_d)
-    xy = xy_d.clone()
+    if initial is None:
+        xy = xy_d.clone()
+    else:
+        xy = torch.where(torch.isfinite(initial), initial.to(xy_d.dtype), xy_d)
     fx, jac, _ = pinhole_with_jacobian(xy, k)
     res = fx - xy_d
     err = res.norm(dim=-1)
@@ -318,7 +324,11 @@ def _undistort_pinhole(
 
 
 def undistort_normalized(
-    xy_distorted: torch.Tensor, dist_coeffs: ArrayLike | list[float], fisheye: bool, max_iter: int = 50
+    xy_distorted: torch.Tensor,
+    dist_coeffs: ArrayLike | list[float],
+    fisheye: bool,
+    max_iter: int = 50,
+    initial: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert :func:`distort_normalized`: distorted normalized coords (..., 2) → ideal ones (..., 2).
 
@@ -326,7 +336,9 @@ def undistort_normalized(
     ``[0, fold_limit]`` (bisection whenever a Newton step leaves the bracket). Pinhole: 2-D Newton
     with the analytic Jacobian and a backtracking line search, starting at ``x_d``. Both iterate,
     at most ``max_iter`` times, until every residual ``|distort(xy) - x_d|`` is below a few ulps of
-    ``1 + |x_d|`` for the dtype.
+    ``1 + |x_d|`` for the dtype. ``initial`` (..., 2), an approximate solution (e.g. interpolated
+    from a table), only changes where the iteration starts: near the answer it converges in one or
+    two steps.
 
     Returns:
         xy_ideal: (..., 2) ideal normalized coordinates (finite but meaningless where not converged).
@@ -339,7 +351,8 @@ def undistort_normalized(
     k = coefficient_tensor(dist_coeffs, fisheye, xw)
     limit = fold_limit(dist_coeffs, fisheye)
     solve = _undistort_fisheye if fisheye else _undistort_pinhole
-    xy, converged = solve(xw, k, limit, max_iter)
+    init = None if initial is None else working_tensor(initial)
+    xy, converged = solve(xw, k, limit, max_iter, init)
     return xy.to(xy_distorted.dtype), converged
 
 

@@ -9,8 +9,11 @@ metres along that refracted ray: ``X = o + s * d`` (:func:`point_at_ray_depth`).
 that point is ``water_z + s * d_z`` (:func:`ray_depth_to_world_z`). Nothing in this project uses
 the camera-frame z as "depth" for underwater points.
 
-The model needs *undistorted* intrinsics: images and pixels are undistorted first
-(:mod:`aquamvs_core.camera.distortion`).
+**Lens.** Without a :class:`~aquamvs_core.camera.lens.Lens` the camera is an ideal pinhole with
+intrinsics ``K`` (e.g. of an undistorted image). With one, ``K`` is the calibrated intrinsics of the
+*original* image and pixels are original pixels: :meth:`RefractiveCamera.cast_ray` inverts the lens
+model exactly and :meth:`RefractiveCamera.project` applies it, reporting points beyond the model's
+fold as invalid (they would otherwise land on wrong pixels, see :mod:`aquamvs_core.camera.lens`).
 
 All methods are batched and run on the device and dtype of their inputs (float32 or float64).
 """
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.calibration import CameraCalibration, Interface
+from aquamvs_core.camera.lens import Lens, PixelInverse
 from aquamvs_core.camera.sampling import ArrayLike
 
 
@@ -65,12 +69,13 @@ class RefractiveCamera:
     """A camera in air above the flat water plane ``Z = water_z`` (world Z down).
 
     Args:
-        K: (3, 3) undistorted intrinsics.
+        K: (3, 3) intrinsics: of the undistorted image, or of the original image with ``lens``.
         R: (3, 3) world→camera rotation.
         t: (3,) world→camera translation, metres (``p_cam = R @ p_world + t``).
         water_z: world Z of the water surface, metres; the camera centre must be above it.
         n_air, n_water: refractive indices.
-        image_size: optional (width, height), used by :meth:`in_image`.
+        image_size: optional (width, height), used by :meth:`in_image` (required with ``lens``).
+        lens: the lens model of the original image (None: an ideal pinhole).
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class RefractiveCamera:
         n_air: float = 1.0,
         n_water: float = 1.333,
         image_size: tuple[int, int] | None = None,
+        lens: Lens | None = None,
     ):
         self.K = _as64(K).reshape(3, 3).cpu()
         self.R = _as64(R).reshape(3, 3).cpu()
@@ -99,17 +105,48 @@ class RefractiveCamera:
         if not (self.n_air > 0 and self.n_water > 0):
             raise ValueError("refractive indices must be positive")
         self.K_inv = torch.linalg.inv(self.K)
+        self.lens = lens
+        self._inverse: PixelInverse | None = None
+        if lens is not None:
+            if image_size is None:
+                raise ValueError("a camera with a lens model needs image_size")
+            self._inverse = PixelInverse(self.K.numpy(), lens, image_size)
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def from_calibration(
-        cls, camera: CameraCalibration, interface: Interface, K_undistorted: ArrayLike | None = None
+        cls,
+        camera: CameraCalibration,
+        interface: Interface,
+        K_undistorted: ArrayLike | None = None,
+        image_size: tuple[int, int] | None = None,
+        with_lens: bool = False,
     ) -> RefractiveCamera:
-        """Build from a calibrated camera; ``K_undistorted`` defaults to the calibrated K."""
+        """Build from a calibrated camera.
+
+        Args:
+            camera, interface: the calibration.
+            K_undistorted: intrinsics of the undistorted image (default: the calibrated K).
+            image_size: (width, height) of that image (default: the calibrated size).
+            with_lens: the camera of the *original* image: calibrated K and size, with the lens model
+                (``K_undistorted`` and ``image_size`` must then be None).
+        """
+        if with_lens:
+            if K_undistorted is not None or image_size is not None:
+                raise ValueError("with_lens uses the calibrated K and image size")
+            return cls(
+                camera.K,
+                camera.R,
+                camera.t,
+                interface.water_z,
+                interface.n_air,
+                interface.n_water,
+                camera.image_size,
+                Lens.of(camera),
+            )
         K = camera.K if K_undistorted is None else K_undistorted
-        return cls(
-            K, camera.R, camera.t, interface.water_z, interface.n_air, interface.n_water, camera.image_size
-        )
+        size = camera.image_size if image_size is None else (int(image_size[0]), int(image_size[1]))
+        return cls(K, camera.R, camera.t, interface.water_z, interface.n_air, interface.n_water, size)
 
     def _params(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (like.device, like.dtype)
@@ -129,25 +166,34 @@ class RefractiveCamera:
     # Pixel → refracted ray
     # ---------------------------------------------------------------------------------------
 
-    def air_rays(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Unit world-frame directions (..., 3) of the rays in air through ``pixels`` (..., 2)."""
+    def air_rays(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit world-frame directions (..., 3) of the rays in air through ``pixels`` (..., 2), and
+        their validity (...) (False where the lens model cannot be inverted: beyond its fold)."""
         self._check(pixels, 2, "pixels")
         _, K_inv, R, _, _ = self._params(pixels)
-        homog = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)
-        d_cam = homog @ K_inv.T
+        if self._inverse is None:
+            homog = torch.cat([pixels, torch.ones_like(pixels[..., :1])], dim=-1)
+            d_cam = homog @ K_inv.T
+            ok = torch.ones(pixels.shape[:-1], dtype=torch.bool, device=pixels.device)
+        else:
+            xy, ok = self._inverse.ideal(pixels)
+            xy = torch.where(ok.unsqueeze(-1), xy.to(pixels.dtype), torch.zeros_like(pixels))
+            d_cam = torch.cat([xy, torch.ones_like(xy[..., :1])], dim=-1)
         d_world = d_cam @ R  # R^T @ d for row vectors
-        return d_world / d_world.norm(dim=-1, keepdim=True)
+        return d_world / d_world.norm(dim=-1, keepdim=True), ok
 
     def cast_ray(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Cast refracted rays for undistorted ``pixels`` (..., 2) in (u, v) order.
+        """Cast refracted rays for ``pixels`` (..., 2) in (u, v) order (of the undistorted image, or of
+        the original image for a camera with a lens).
 
         Returns:
             origins: (..., 3) intersection of the air ray with the water plane (world, metres).
             directions: (..., 3) unit refracted direction in water (world frame, d_z > 0).
-            valid: (...) bool; False where the air ray does not point down towards the water.
-            Invalid entries hold finite placeholder values.
+            valid: (...) bool; False where the air ray does not point down towards the water, or
+            where the pixel lies beyond the lens model's fold. Invalid entries hold finite placeholder
+            values.
         """
-        d_air = self.air_rays(pixels)
+        d_air, lens_ok = self.air_rays(pixels)
         center = self._params(pixels)[4]
         dz = d_air[..., 2]
         down = dz > 0
@@ -155,7 +201,7 @@ class RefractiveCamera:
         s = (self.water_z - center[2]) / safe_dz
         origins = center + s.unsqueeze(-1) * d_air
         directions, ok = refract(d_air, self.n_air, self.n_water)
-        valid = down & ok & torch.isfinite(origins).all(dim=-1)
+        valid = down & ok & lens_ok & torch.isfinite(origins).all(dim=-1)
         origins = torch.where(valid.unsqueeze(-1), origins, center.expand_as(origins))
         return origins, directions, valid
 
@@ -225,13 +271,29 @@ class RefractiveCamera:
         return crossings, below & converged
 
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Project underwater world ``points`` (..., 3) to undistorted pixels (..., 2) in (u, v).
+        """Project underwater world ``points`` (..., 3) to pixels (..., 2) in (u, v).
 
         Exact: the refraction point is solved to convergence (see :meth:`refraction_points`).
         ``valid`` (...) is False for points at or above the water surface, for crossings behind the
-        camera, and where the solve did not converge. Pixels outside the image are still ``valid``
-        here; use :meth:`in_image` for that test.
+        camera, where the solve did not converge, and (with a lens) where the direction lies beyond
+        the lens model's fold. Pixels outside the image are still ``valid`` here; use
+        :meth:`in_image` for that test.
         """
+        uv, valid, _ = self._project(points)
+        return uv, valid
+
+    def project_rays(
+        self, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`project`, plus the refracted ray of the projected pixel: ``(uv, valid, origins,
+        directions)``, the ray ``origins + s directions`` (on the water plane; unit, down) passing
+        through each point — what :meth:`cast_ray` of ``uv`` returns, without inverting the lens."""
+        uv, valid, crossings = self._project(points)
+        d = points - crossings
+        d = d / d.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(points.dtype).tiny)
+        return uv, valid, crossings, d
+
+    def _project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self._check(points, 3, "points")
         K, _, R, _, center = self._params(points)
         crossings, valid = self.refraction_points(points)
@@ -239,8 +301,13 @@ class RefractiveCamera:
         z = p_cam[..., 2]
         valid = valid & (z > 0)
         z_safe = torch.where(valid, z, torch.ones_like(z))
-        uv = (p_cam[..., :2] / z_safe.unsqueeze(-1)) @ K[:2, :2].T + K[:2, 2]
-        return uv, valid
+        xy = p_cam[..., :2] / z_safe.unsqueeze(-1)
+        if self._inverse is None:
+            uv = xy @ K[:2, :2].T + K[:2, 2]
+        else:
+            uv, unfolded = self._inverse.pixels(xy)
+            valid = valid & unfolded
+        return uv, valid, crossings
 
     def in_image(self, pixels: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
         """(...) mask of pixels (..., 2) inside the image (pixel centres span [-0.5, W-0.5])."""

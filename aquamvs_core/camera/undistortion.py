@@ -26,10 +26,11 @@ from aquamvs_core.camera.sampling import ArrayLike
 
 @dataclass(frozen=True, eq=False)
 class UndistortionMap:
-    """Resampling map from the original image to the undistorted image (same size).
+    """Resampling map from the original image to the undistorted image.
 
     Attributes:
         K_new: (3, 3) float64 intrinsics of the undistorted image.
+        source_size: (width, height) of the original image.
         map_xy: (H, W, 2) float32; for every undistorted pixel centre ``(u, v)``, the source pixel
             ``(u, v)`` in the original image (set to -1 where not finite).
         valid: (H, W) bool; the source pixel lies inside the original image (pixel centres span
@@ -40,18 +41,23 @@ class UndistortionMap:
     K_new: np.ndarray
     map_xy: torch.Tensor
     valid: torch.Tensor
+    source_size: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) of the undistorted (and original) image."""
+        """(width, height) of the undistorted image."""
         return int(self.map_xy.shape[1]), int(self.map_xy.shape[0])
 
 
 def build_undistortion_map(
-    camera: CameraCalibration, K_new: ArrayLike | None = None, device: str | torch.device = "cpu"
+    camera: CameraCalibration,
+    K_new: ArrayLike | None = None,
+    device: str | torch.device = "cpu",
+    size: tuple[int, int] | None = None,
 ) -> UndistortionMap:
     """Map every pixel centre of the undistorted image (intrinsics ``K_new``, default
-    :func:`undistorted_intrinsics`) to its source pixel in the original image.
+    :func:`undistorted_intrinsics`; ``size`` (width, height), default the original size) to its
+    source pixel in the original image.
 
     Uses the forward model only (no iteration), computed in float64 (float32 on devices without
     float64) and stored as float32, like ``cv2.initUndistortRectifyMap`` with ``R = I``.
@@ -63,9 +69,10 @@ def build_undistortion_map(
     device = torch.device(device)
     dtype = working_tensor(torch.empty(0, device=device)).dtype
     width, height = camera.image_size
+    out_w, out_h = (width, height) if size is None else (int(size[0]), int(size[1]))
     v, u = torch.meshgrid(
-        torch.arange(height, device=device, dtype=dtype),
-        torch.arange(width, device=device, dtype=dtype),
+        torch.arange(out_h, device=device, dtype=dtype),
+        torch.arange(out_w, device=device, dtype=dtype),
         indexing="ij",
     )
     pix = torch.stack([u, v], dim=-1)
@@ -90,7 +97,7 @@ def build_undistortion_map(
     )
     valid = finite & inside & unfolded
     map_xy = torch.where(finite.unsqueeze(-1), src, torch.full_like(src, -1.0)).to(torch.float32)
-    return UndistortionMap(K_new=K_new, map_xy=map_xy, valid=valid)
+    return UndistortionMap(K_new=K_new, map_xy=map_xy, valid=valid, source_size=(width, height))
 
 
 def undistort_image(image: ArrayLike, umap: UndistortionMap) -> np.ndarray:
@@ -105,8 +112,9 @@ def undistort_image(image: ArrayLike, umap: UndistortionMap) -> np.ndarray:
     if arr.dtype != torch.uint8 or arr.ndim not in (2, 3):
         raise TypeError(f"image must be (H, W) or (H, W, C) uint8, got {tuple(arr.shape)} {arr.dtype}")
     height, width = int(arr.shape[0]), int(arr.shape[1])
-    if (width, height) != umap.size:
-        raise ValueError(f"image size {(width, height)} differs from the map size {umap.size}")
+    expected = umap.source_size or umap.size
+    if (width, height) != expected:
+        raise ValueError(f"image size {(width, height)} differs from the map's source size {expected}")
     device = umap.map_xy.device
     src = arr.to(device=device, dtype=torch.float32)
     src = src.unsqueeze(-1) if arr.ndim == 2 else src

@@ -15,7 +15,8 @@ down, metres. Errors are reported in **millimetres**.
   cells are complete, split by how many cameras see them (2, 3, 4–5, 6+) and inside / outside the
   ground truth's silt mask (surveys with silt patches).
 * The exact ground-truth depth maps that the occlusion test of :func:`visibility_count` takes are
-  :func:`aquamvs_core.synthetic.ground_truth_views.gt_depth_maps`.
+  :func:`aquamvs_core.synthetic.ground_truth_views.gt_depth_maps` (undistorted grids); counts on
+  the original images (lens, fold guard) are :mod:`aquamvs_core.evaluation.lens_visibility`'s.
 """
 
 from __future__ import annotations
@@ -334,7 +335,7 @@ def _sees(
 ) -> torch.Tensor:
     """(n,) bool: world points ``x`` (n, 3) float64 are seen by ``cam`` (see :func:`visibility_count`)."""
     h, w = size
-    uv, ok = cam.project(x)
+    uv, ok, origins, _ = cam.project_rays(x)
     u, v = uv[:, 0], uv[:, 1]
     ok = ok & (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
     if mask is not None:
@@ -342,8 +343,7 @@ def _sees(
         iv = torch.round(v).clamp(0, h - 1).long()
         ok = ok & mask.to(torch.bool)[iv, iu]
     if depth is not None:
-        origins, _, ok_r = cam.cast_ray(uv)
-        s = (x - origins).norm(dim=1)
+        s = (x - origins).norm(dim=1)  # ray depth of x along the ray of its pixel
         d, ok_d = sample_map(depth, uv, "bilinear")
-        ok = ok & ok_r & ok_d & ((torch.nan_to_num(d[:, 0]) - s).abs() <= tol)
+        ok = ok & ok_d & ((torch.nan_to_num(d[:, 0]) - s).abs() <= tol)
     return ok

@@ -1,4 +1,5 @@
-"""Camera pair selection for stereo: each primary camera with its k nearest neighbours, plus auxiliaries.
+"""Camera pair selection for stereo (by the geometry of the views through the water, see
+:mod:`aquamvs_core.stages.view_selection`), and each pair's overlap through the water.
 
 A pair is *directed*: ``ref`` is the camera whose depth map is computed, ``src`` the camera it is
 matched against. Its partition key is ``"<ref>-<src>"``; keys are looked up, never split, so
@@ -14,6 +15,9 @@ import torch
 
 from aquamvs_core.camera.calibration import Rig
 from aquamvs_core.camera.refraction import RefractiveCamera, point_at_ray_depth, world_z_to_ray_depth
+from aquamvs_core.runtime import torch_threads
+from aquamvs_core.stages.view_selection import angle_weight, cover_pairs, pair_angles, pair_scores, sample_bed
+from aquamvs_core.survey.spec import DEFAULT_WATER_DEPTH_M, SurveySpec
 
 
 @dataclass(frozen=True, order=True)
@@ -28,33 +32,68 @@ class CameraPair:
         return f"{self.ref}-{self.src}"
 
 
-def select_pairs(rig: Rig, k: int = 4, include_auxiliary: bool = True) -> list[CameraPair]:
-    """Directed pairs: every primary camera with its ``k`` nearest primary cameras (by centre
-    distance), and every auxiliary camera as an extra source of each primary camera.
+_CACHE: dict[tuple, list[CameraPair]] = {}
+
+
+def select_pairs(
+    rig: Rig,
+    k: int = 4,
+    include_auxiliary: bool = True,
+    water_depth_m: tuple[float, float] = DEFAULT_WATER_DEPTH_M,
+) -> list[CameraPair]:
+    """Directed stereo pairs chosen by the geometry of the views through the water
+    (:mod:`aquamvs_core.stages.view_selection`): every camera (auxiliary ones included) gets the ``k``
+    sources with the highest score (shared bed points weighted by their triangulation angle), and
+    then the coverage guarantee adds pairs, both ways, until every bed point seen by two or more
+    cameras (with a usable angle) has at least two cameras with a depth there.
+
+    A pure, deterministic function of the calibration and ``water_depth_m`` (cached by the
+    calibration's content hash).
 
     Args:
         rig: the calibrated rig.
-        k: neighbours per reference camera (clipped to the number of other primary cameras).
-        include_auxiliary: add (primary, auxiliary) pairs.
+        k: sources per reference camera by score (clipped to the cameras that share any view).
+        include_auxiliary: use the auxiliary cameras (as references and sources).
+        water_depth_m: (low, high) water depths of the bed, metres below the surface.
 
     Returns:
-        Pairs sorted by reference camera in rig order, then by distance.
+        Pairs sorted by reference camera in rig order, then by decreasing score.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     primary = rig.primary_names
     if len(primary) < 2:
         raise ValueError(f"pair selection needs at least two primary cameras, the rig has {primary}")
-    centers = np.stack([rig[n].center for n in primary])
-    dist = np.linalg.norm(centers[:, None] - centers[None], axis=-1)
-    np.fill_diagonal(dist, np.inf)
-    k = min(k, len(primary) - 1)
-    pairs: list[CameraPair] = []
-    for i, ref in enumerate(primary):
-        order = np.argsort(dist[i], kind="stable")[:k]
-        pairs.extend(CameraPair(ref, primary[j]) for j in order)
-        if include_auxiliary:
-            pairs.extend(CameraPair(ref, aux) for aux in rig.auxiliary_names)
+    key = (rig.content_hash or id(rig), k, include_auxiliary, tuple(float(d) for d in water_depth_m))
+    if key not in _CACHE or not rig.content_hash:
+        _CACHE[key] = _select(rig, k, include_auxiliary, water_depth_m)
+    return list(_CACHE[key])
+
+
+def survey_pairs(rig: Rig, spec: SurveySpec) -> list[CameraPair]:
+    """:func:`select_pairs` with a survey's settings (``pair_neighbours``, ``water_depth_m``)."""
+    return select_pairs(rig, spec.pair_neighbours, water_depth_m=spec.water_depth_m)
+
+
+def _select(
+    rig: Rig, k: int, include_auxiliary: bool, water_depth_m: tuple[float, float]
+) -> list[CameraPair]:
+    names = rig.camera_names if include_auxiliary else rig.primary_names
+    with torch_threads(1):  # small tensors: one thread is much faster on a busy CPU
+        bed = sample_bed(rig, names, water_depth_m)
+    angles = pair_angles(bed)
+    score = pair_scores(angles)
+    n = len(names)
+    sources: list[set[int]] = [set() for _ in range(n)]
+    for a in range(n):
+        order = sorted((b for b in range(n) if b != a and score[a, b] > 0), key=lambda b: (-score[a, b], b))
+        sources[a].update(order[:k])
+    usable = angle_weight(np.nan_to_num(angles, nan=0.0)) > 0
+    cover_pairs(bed.seen, usable, sources)
+    pairs = []
+    for a in range(n):
+        for b in sorted(sources[a], key=lambda b: (-score[a, b], b)):
+            pairs.append(CameraPair(names[a], names[b]))
     return pairs
 
 
@@ -75,16 +114,12 @@ def pair_overlap(ref: RefractiveCamera, src: RefractiveCamera, bottom_z: float, 
     return float(seen.double().mean())
 
 
-def pair_geometry(rig: Rig, pair: CameraPair, bottom_z: float, K_undistorted: dict | None = None) -> dict:
+def pair_geometry(rig: Rig, pair: CameraPair, bottom_z: float) -> dict:
     """Geometry of a directed pair: centre baseline (m) and overlap of ``ref``'s view of the plane
-    ``Z = bottom_z`` with ``src``'s image, through the water (JSON-ready dict).
-
-    ``K_undistorted`` maps camera → (3, 3) intrinsics of the undistorted images (default: the
-    calibrated K).
-    """
-    Ks = K_undistorted or {}
-    ref = RefractiveCamera.from_calibration(rig[pair.ref], rig.interface, Ks.get(pair.ref))
-    src = RefractiveCamera.from_calibration(rig[pair.src], rig.interface, Ks.get(pair.src))
+    ``Z = bottom_z`` with ``src``'s image, through the water, on the original images (lens model,
+    fold guard) (JSON-ready dict)."""
+    ref = RefractiveCamera.from_calibration(rig[pair.ref], rig.interface, with_lens=True)
+    src = RefractiveCamera.from_calibration(rig[pair.src], rig.interface, with_lens=True)
     baseline = float(np.linalg.norm(rig[pair.ref].center - rig[pair.src].center))
     return {
         "ref": pair.ref,

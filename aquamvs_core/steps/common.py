@@ -1,5 +1,5 @@
 """What every store-level step shares: the registry of stages (one per asset, named after it), the
-cameras of the store's undistorted images, the pairs the dense stages use, provenance attrs, and
+cameras of the store's images, the pairs the dense stages use, provenance attrs, and
 **fingerprints**.
 
 A product's fingerprint is a hash of everything it was made from: its stage and that stage's code
@@ -60,7 +60,7 @@ BED_CHANGE_STAGE = Stage(Product.BED_CHANGE, "frame")
 #: Code version of each step's result: bump it when a change to the science changes the product
 #: (it enters the fingerprints and is each asset's Dagster code version).
 CODE_VERSIONS: dict[str, str] = {
-    "frames": "1",
+    "frames": "2",  # 2: stored on the original pixel grid by default (issue 12)
     Product.SPARSE_MATCHES: "1",
     Product.SPARSE_CLOUD: "1",
     Product.PAIRWISE_DEPTHS: "1",
@@ -125,7 +125,8 @@ def frame_fingerprint(store: SurveyStore, frame: str) -> str:
 
 @dataclass(frozen=True)
 class StoreCameras:
-    """The refractive cameras of a store's undistorted images, and their validity masks."""
+    """The refractive cameras of a store's images (with the lens model for the cameras stored on
+    their original grid), and their validity masks."""
 
     cameras: dict[str, RefractiveCamera]
     masks: dict[str, np.ndarray]
@@ -135,8 +136,16 @@ class StoreCameras:
     def load(cls, store: SurveyStore) -> StoreCameras:
         rig = store.read_rig()
         Ks = store.read_undistorted_K()
-        cams = {n: RefractiveCamera.from_calibration(rig[n], rig.interface, Ks[n]) for n in rig.camera_names}
-        return cls(cams, store.read_valid_masks(), rig.content_hash)
+        masks = store.read_valid_masks()
+        lens = set(store.read_lens_cameras())
+        cams = {}
+        for n in rig.camera_names:
+            if n in lens:
+                cams[n] = RefractiveCamera.from_calibration(rig[n], rig.interface, with_lens=True)
+            else:
+                h, w = masks[n].shape
+                cams[n] = RefractiveCamera.from_calibration(rig[n], rig.interface, Ks[n], (w, h))
+        return cls(cams, masks, rig.content_hash)
 
 
 def dense_pairs(

@@ -1,6 +1,6 @@
-"""Ingestion steps: the calibration (with the undistorted intrinsics and validity masks) and the
-undistorted frames, written to the store. Each frame is written atomically (see
-:mod:`aquamvs_core.store.commit`)."""
+"""Ingestion steps: the calibration (with each camera's stored grid: intrinsics, validity mask and
+whether the lens stays in the camera model) and the frames on those grids, written to the store.
+Each frame is written atomically (see :mod:`aquamvs_core.store.commit`)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ log = logging.getLogger("aquamvs.ingest")
 
 
 def write_calibration(store: SurveyStore, rig: Rig, undistorter: Undistorter) -> None:
-    """Record the calibration, the undistorted intrinsics and validity masks in the store."""
-    store.write_calibration(rig, undistorter.K_new, undistorter.valid_masks)
+    """Record the calibration, the stored images' intrinsics, validity masks and which cameras keep
+    their original pixel grid, in the store."""
+    store.write_calibration(rig, undistorter.K_new, undistorter.valid_masks, undistorter.lens_cameras)
 
 
 def source_hash(images: Mapping[str, np.ndarray]) -> str:
@@ -74,7 +75,7 @@ def ingest_frames(
         key = frame_key(index)
         raw = survey.read_frame(index)
         digest = source_hash(raw)
-        expected = fingerprint("frames", digest, survey.rig.content_hash)
+        expected = fingerprint("frames", digest, survey.rig.content_hash, undistorter.canvas)
         reused = store.has_frame(key) and store.frame_attrs(key).get("fingerprint") == expected
         if not reused:
             store.write_frame(
@@ -106,7 +107,8 @@ def verify_frames(spec: SurveySpec, store: SurveyStore, indices: Iterable[int]) 
     decoding), and for each frame: its index is within every camera's frame count; its decoded raw
     images hash to the ``source_hash`` recorded at ingestion (a video replaced or still being
     copied, or a decoder that lands on the wrong frame, shows here); the stored images have the
-    rig's cameras and image size; and the calibration hash is the survey's.
+    rig's cameras and the size of each camera's stored grid (its validity mask: the original image,
+    or the undistortion canvas); and the calibration hash is the survey's.
 
     Returns:
         frame key → problems (empty list: the frame is verified).
@@ -114,7 +116,7 @@ def verify_frames(spec: SurveySpec, store: SurveyStore, indices: Iterable[int]) 
     problems: dict[str, list[str]] = {}
     with Survey.open(spec) as fresh:
         rig = fresh.rig
-        w, h = rig.image_size
+        grids = {c: m.shape for c, m in store.read_valid_masks().items()}  # each camera's stored grid
         for index in indices:
             key = frame_key(index)
             found = problems.setdefault(key, [])
@@ -133,7 +135,7 @@ def verify_frames(spec: SurveySpec, store: SurveyStore, indices: Iterable[int]) 
             images = store.read_frame(key)
             if set(images) != set(rig.camera_names):
                 found.append(f"cameras {sorted(images)} are not the rig's {rig.camera_names}")
-            wrong = [c for c, im in images.items() if im.shape != (h, w, 3)]
+            wrong = [c for c, im in images.items() if im.shape != (*grids.get(c, (-1, -1)), 3)]
             if wrong:
                 found.append(f"wrong image shape for {wrong}")
     return problems

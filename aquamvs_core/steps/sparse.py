@@ -100,7 +100,7 @@ def sparse_cloud_step(
         sp = SparsePair.from_arrays(store.read_product(product_path(Product.SPARSE_MATCHES, frame, p.key)))
         chunks.append(sp.points[sp.keep])
     points = np.concatenate(chunks) if chunks else np.zeros((0, 3))
-    ranges = camera_depth_ranges(points, cams.cameras, config.depth_range)
+    ranges = camera_depth_ranges(points, cams.cameras, config.depth_range, cams.masks)
     summary = {"points": len(points), "depth_ranges": ranges}
     store.write_product(
         path,

@@ -119,14 +119,21 @@ class SurveyStore:
     # -- calibration ---------------------------------------------------------------------------
 
     def write_calibration(
-        self, rig: Rig, undistorted_K: Mapping[str, np.ndarray], valid_masks: Mapping[str, np.ndarray]
+        self,
+        rig: Rig,
+        undistorted_K: Mapping[str, np.ndarray],
+        valid_masks: Mapping[str, np.ndarray],
+        lens_cameras: Iterable[str] = (),
     ) -> None:
-        """Store the calibration, each camera's undistorted intrinsics and validity mask.
+        """Store the calibration, the intrinsics and validity mask of each camera's stored images.
 
         Args:
             rig: the calibration.
-            undistorted_K: camera → (3, 3) intrinsics of the undistorted images.
-            valid_masks: camera → (H, W) bool (or 0/1 uint8) mask of valid undistorted pixels.
+            undistorted_K: camera → (3, 3) intrinsics of the stored images (undistorted images, or the
+                calibrated K for ``lens_cameras``).
+            valid_masks: camera → (H, W) bool (or 0/1 uint8) mask of valid stored pixels.
+            lens_cameras: cameras whose frames are stored as recorded, on the original pixel grid
+                (their camera model includes the lens, see :mod:`aquamvs_core.stages.ingest`).
 
         Raises:
             ValueError: cameras differ from the rig's, or a K or mask of the wrong shape (nothing is
@@ -138,6 +145,10 @@ class SurveyStore:
                 raise ValueError(f"{label}: cameras {sorted(mapping)} differ from the calibration's {names}")
         Ks = {cam: _check_K(cam, undistorted_K[cam]) for cam in names}
         masks = _check_masks(valid_masks, names)
+        lens = [cam for cam in names if cam in set(lens_cameras)]
+        unknown = sorted(set(lens_cameras) - set(names))
+        if unknown:
+            raise ValueError(f"lens_cameras: {unknown} are not cameras of the calibration {names}")
 
         group = require_group(self._group, CALIBRATION)
         commit_group(
@@ -148,6 +159,7 @@ class SurveyStore:
                 "calibration_hash": rig.content_hash,
                 "source": rig.source,
                 "undistorted_K": {cam: K.tolist() for cam, K in Ks.items()},
+                "lens_cameras": lens,
                 "cameras": names,
             },
         )
@@ -175,6 +187,10 @@ class SurveyStore:
         """Camera → (3, 3) float64 intrinsics of the undistorted images."""
         attrs = self.read_calibration()
         return {cam: np.asarray(K, dtype=np.float64) for cam, K in attrs["undistorted_K"].items()}
+
+    def read_lens_cameras(self) -> list[str]:
+        """Cameras whose frames are stored on the original pixel grid (the lens is in the camera)."""
+        return list(self.read_calibration().get("lens_cameras", []))
 
     def read_valid_masks(self) -> dict[str, np.ndarray]:
         """Camera → (H, W) bool validity mask of the undistorted images."""

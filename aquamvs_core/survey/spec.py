@@ -7,7 +7,8 @@ A survey is defined by a YAML file (:class:`SurveySpec`)::
     inputs: inputs/                   # <camera>.mp4 (.avi .mov .mkv) or <camera>/ image folders
     frames: {start: 0, stop: 100, step: 5}
     store: store.zarr                 # local path (relative to this file) or fsspec URL
-    pair_neighbours: 4
+    pair_neighbours: 4                # sources per camera chosen by view overlap and angle
+    water_depth_m: [0.3, 0.7]         # where the bed lies (m below the surface), for view selection
     ground_truth: null
 
 Frames are named by :func:`~aquamvs_core.survey.keys.frame_key` (``f000123``) in the store and as
@@ -25,6 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aquamvs_core.files import atomic_write_text
+
+#: Water depths (metres below the surface) between which the bed is expected (view selection).
+DEFAULT_WATER_DEPTH_M: tuple[float, float] = (0.3, 0.7)
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -68,7 +72,11 @@ class SurveySpec(BaseModel):
         inputs: directory with one video or image folder per calibrated camera.
         frames: the frame selection.
         store: Zarr store root, a local path or an fsspec URL.
-        pair_neighbours: stereo neighbours per reference camera.
+        pair_neighbours: stereo sources per reference camera, chosen by shared view of the bed and
+            triangulation angle (see :func:`aquamvs_core.stages.pairs.select_pairs`); pairs that the
+            coverage guarantee needs come on top.
+        water_depth_m: (low, high) water depths between which the bed lies, metres below the
+            surface: where the view selection measures the cameras' shared footprints.
         ground_truth: optional ground-truth file (synthetic surveys).
         quality_blocking: whether a failed ground-truth quality check blocks the assets downstream
             of the mesh in the same run (else it is a warning).
@@ -88,9 +96,17 @@ class SurveySpec(BaseModel):
     frames: FrameSelection = Field(default_factory=FrameSelection)
     store: str = Field(min_length=1)
     pair_neighbours: int = Field(4, ge=1)
+    water_depth_m: tuple[float, float] = DEFAULT_WATER_DEPTH_M
     ground_truth: Path | None = None
     quality_blocking: bool = False
     reconstruction: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_depths(self) -> SurveySpec:
+        lo, hi = self.water_depth_m
+        if not 0 < lo <= hi:
+            raise ValueError(f"water_depth_m must be 0 < low <= high metres, got {list(self.water_depth_m)}")
+        return self
 
     def resolve_paths(self, base: Path) -> SurveySpec:
         """A copy with relative paths (and a plain relative ``store``) made absolute against ``base``."""

@@ -29,7 +29,7 @@ def _wait_for(condition, timeout_s: float, what: str, log) -> None:
 def test_a_frame_that_appears_becomes_a_mesh_with_no_click(synthetic_small_survey, tmp_path):
     survey_file = image_folder_survey(synthetic_small_survey, tmp_path, n_frames=1, name="auto-rig")
     spec = load_survey_spec(survey_file)
-    cheap = {"preset": "fast", "overrides_yaml": "use_auxiliary_sources: false"}  # 4 dense pairs a frame
+    cheap = {"preset": "fast", "overrides_yaml": "use_auxiliary_sources: false"}  # 6 dense pairs a frame
     spec = spec.model_copy(update={"reconstruction": cheap, "pair_neighbours": 1})
     survey_file = spec.to_yaml(survey_file)
     ns = survey_namespace(survey_file)

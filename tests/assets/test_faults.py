@@ -35,7 +35,8 @@ PARTITIONS_QUERY = """{ assetNodes { assetKey { path } assetPartitionStatuses {
 
 
 def _reconstruct_args(spec, out: Path, home: Path, *extra: str) -> list[str]:
-    """``aquamvs reconstruct`` of frame 0, fast and without auxiliary sources (12 dense pairs)."""
+    """``aquamvs reconstruct`` of frame 0, fast and without auxiliary sources (16 dense pairs:
+    the 4 ring cameras × their 3 ring sources, the fisheye × its 4 ring sources)."""
     cheap = out.parent / "cheap.yaml"
     cheap.write_text("use_auxiliary_sources: false\n")
     return [

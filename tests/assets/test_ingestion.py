@@ -14,8 +14,7 @@ from dagster_helpers import ALL_FRAMES
 from aquamvs_assets.definitions import build_definitions
 from aquamvs_assets.jobs import CALIBRATION_JOB, FRAMES_JOB
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.camera.undistortion import build_undistortion_map, undistort_image
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import load_survey_spec
 from aquamvs_core.survey.video import VideoSource
@@ -51,15 +50,17 @@ def test_ingestion_round_trips_bit_exactly_and_checks_the_inputs(synthetic_surve
     assert store.list_frames() == ["f000001"]
     stored = store.read_frame("f000001")
     videos = Path(spec.inputs)
-    for name, cam in rig.cameras.items():
-        raw = VideoSource(videos / f"{name}.mp4").read(1)
-        expected = undistort_image(raw, build_undistortion_map(cam))
-        np.testing.assert_array_equal(stored[name], expected)  # bit-exact through Zarr
+    for name in rig.camera_names:
+        # Frames are stored as recorded (the lens is in the camera model): bit-exact through Zarr.
+        np.testing.assert_array_equal(stored[name], VideoSource(videos / f"{name}.mp4").read(1))
         assert stored[name].std() > 10  # a real textured image, not a blank
-    aux = rig.auxiliary_names[0]
-    assert np.abs(stored[aux].astype(int) - VideoSource(videos / f"{aux}.mp4").read(1)).mean() > 5
+    # Every original pixel is kept (no lens model of this rig folds inside its image), the cameras
+    # are recorded as lens cameras and their intrinsics are the calibrated ones.
     masks = store.read_valid_masks()
-    assert all(m.shape == (120, 160) and 0.5 < m.mean() <= 1.0 for m in masks.values())
+    assert all(m.shape == (120, 160) and m.all() for m in masks.values())
+    assert store.read_lens_cameras() == rig.camera_names
+    for name in rig.camera_names:
+        np.testing.assert_array_equal(store.read_undistorted_K()[name], rig[name].K)
 
 
 def test_frames_complete_fails_when_the_decoder_lands_on_another_frame(synthetic_survey_file, ns):
@@ -101,7 +102,9 @@ def test_frames_refuse_a_store_without_the_calibration(synthetic_survey_file, ns
 def test_pair_geometry(synthetic_survey_file, ns):
     spec = load_survey_spec(synthetic_survey_file)
     rig = load_calibration(spec.calibration)
-    pairs = select_pairs(rig, spec.pair_neighbours)
+    pairs = survey_pairs(rig, spec)
+    # 5 cameras (4 ring + the fisheye, which is a reference too), each with its 4 best sources.
+    assert len(pairs) == 5 * 4
     defs = build_definitions(synthetic_survey_file)
     with dg.instance_for_test() as instance:
         result = _run(defs, CALIBRATION_JOB, instance)

@@ -23,8 +23,8 @@ from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, load_survey_spec
 
 FRAMES = {"rig-a": [0, 1], "rig-b": [0]}
-#: Fast, and 4 dense pairs a frame (one neighbour per camera, no auxiliary sources): these tests are
-#: about the platform, not the accuracy.
+#: Fast, and 6 dense pairs a frame (one source per camera by view geometry, no auxiliary sources):
+#: these tests are about the platform, not the accuracy.
 CHEAP = "use_auxiliary_sources: false"
 
 
@@ -102,7 +102,12 @@ def test_a_rerun_recomputes_nothing_and_a_new_configuration_only_what_it_changes
     store = SurveyStore(load_survey_spec(survey_file).store)
     instance = dg.DagsterInstance.from_config(str(home))
     before = _written(store)
-    assert len(before) == 8 + 1 + 4 + 4 + 1 + 1 + 1  # 8 sparse pairs, 4 dense pairs, 4 cameras, heightfield
+    # With one source per camera chosen by view geometry (stages/pairs.py), every ring camera's best
+    # source is the fisheye, cam0 and cam2 also pair for the coverage guarantee, and the fisheye is a
+    # reference with the 4 ring cameras: 10 sparse pairs and the sparse cloud; without auxiliary
+    # sources 6 dense pairs (cam0-cam2, cam2-cam0, aux-cam*) and 3 cameras with a depth map (cam1
+    # and cam3 have only the fisheye as source); fused cloud, mesh, heightfield.
+    assert len(before) == 10 + 1 + 6 + 3 + 1 + 1 + 1
     run_reconstruction(survey_file, instance, FAST, FRAMES["rig-b"])
     assert _written(store) == before  # nothing recomputed
 

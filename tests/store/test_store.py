@@ -146,6 +146,27 @@ def test_calibration_round_trip(store_root, survey_aquacal_dict):
     assert group[attrs["version"]]["valid_mask/cam0"].chunks == (H, W)
 
 
+def test_lens_cameras_round_trip_into_store_cameras(store_root, survey_aquacal_dict):
+    """Frames stored on the original grid: the store records which cameras carry their lens, and
+    StoreCameras builds those with the lens model (others as pinholes of the stored K and size)."""
+    from aquamvs_core.steps import StoreCameras
+
+    rig = parse_calibration(survey_aquacal_dict(CAMERAS))
+    Ks = {cam: np.asarray(rig[cam].K) for cam in CAMERAS}
+    Ks["cam2"] = Ks["cam2"] * [[0.9], [0.9], [1.0]]
+    masks = {cam: np.ones((H, W), bool) for cam in CAMERAS}
+    store = SurveyStore(store_root)
+    with pytest.raises(ValueError, match="lens_cameras"):
+        store.write_calibration(rig, Ks, masks, lens_cameras=["nope"])
+    store.write_calibration(rig, Ks, masks, lens_cameras=["cam0", "cam1"])
+    assert store.read_lens_cameras() == ["cam0", "cam1"]
+    cams = StoreCameras.load(store).cameras
+    assert cams["cam0"].lens is not None and cams["cam1"].lens is not None and cams["cam2"].lens is None
+    np.testing.assert_array_equal(cams["cam2"].K.numpy(), Ks["cam2"])
+    assert cams["cam2"].image_size == (W, H)
+    np.testing.assert_array_equal(cams["cam0"].lens.dist_coeffs, rig["cam0"].dist_coeffs)
+
+
 def test_calibration_validation_writes_nothing(store_root, survey_aquacal_dict):
     rig = parse_calibration(survey_aquacal_dict(CAMERAS))
     Ks = {cam: np.eye(3) for cam in CAMERAS}

@@ -1,10 +1,10 @@
 """Depth-map fusion: multi-view geometric consistency in 3-D, merging, de-duplication, clean-up.
 
 Inputs follow the depth-map contract of :mod:`aquamvs_core.stages.depth_map`: one :class:`DepthMap` per camera
-(ray depths on the camera's *undistorted* pixel grid, NaN = no depth, confidence in [0, 1]), the
-matching :class:`~aquamvs_core.camera.refraction.RefractiveCamera` (built with the undistorted
-intrinsics) and optionally the undistorted (H, W, 3) uint8 RGB images for colours. Frames and units
-are those of :mod:`aquamvs_core.camera.calibration` (world Z down, metres).
+(ray depths on the camera's stored pixel grid, NaN = no depth, confidence in [0, 1]), the
+matching :class:`~aquamvs_core.camera.refraction.RefractiveCamera` (of that grid: an undistorted
+pinhole, or the original image with the lens model) and optionally the (H, W, 3) uint8 RGB images
+for colours. Frames and units are those of :mod:`aquamvs_core.camera.calibration` (world Z down, metres).
 
 :func:`fuse_views` works one source camera at a time and streams the cameras: a camera's maps are
 loaded when they are needed (through a cache of at most ``view_cache_mb``), so memory does not grow
@@ -235,8 +235,8 @@ def fuse_views(
         load: camera name → its :class:`FusionView` (depth map and optional image); may be called
             more than once for a camera when the views do not all fit in ``config.view_cache_mb``.
         sizes: camera name → (H, W) of its depth map, for every camera to fuse (in this order).
-        cameras: camera name → :class:`RefractiveCamera` with the *undistorted* intrinsics; must
-            contain every camera of ``sizes``.
+        cameras: camera name → :class:`RefractiveCamera` of its depth map's grid (undistorted
+            intrinsics, or the original image with the lens); must contain every camera of ``sizes``.
         config: :class:`FusionConfig` (defaults if None).
 
     Returns:

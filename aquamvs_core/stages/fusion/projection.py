@@ -2,14 +2,15 @@
 loops of fusion and mesh colouring.
 
 It computes what :meth:`~aquamvs_core.camera.refraction.RefractiveCamera.project` computes (same
-Snell equation, same validity rules) and also returns where each ray crosses the water, which the
-consistency test needs (the ray depth of a point seen from the camera is its distance to that
-crossing). It is several times faster on large batches because it is element-wise throughout (no
-3×3 matrix products on (N, 3) tensors) and runs a fixed number of Newton steps from the paraxial
-guess, with no convergence test between steps; points whose last step is still larger than the
-camera's own tolerance (steep rays, rare) are solved again by
-:meth:`~aquamvs_core.camera.refraction.RefractiveCamera.refraction_points`, so every returned pixel
-is converged. Runs on the device and dtype of the points (float32 is enough for pixels: about
+Snell equation, same validity rules; for a camera with a lens model, the same lens with its fold
+guard: pixels of the original image, points past the fold invalid) and also returns where each ray
+crosses the water, which the consistency test needs (the ray depth of a point seen from the camera
+is its distance to that crossing). It is several times faster on large batches because it is
+element-wise throughout (no 3×3 matrix products on (N, 3) tensors) and runs a fixed number of
+Newton steps from the paraxial guess, with no convergence test between steps; points whose last
+step is still larger than the camera's own tolerance (steep rays, rare) are solved again by
+:meth:`~aquamvs_core.camera.refraction.RefractiveCamera.refraction_points`, so every returned
+pixel is converged. Runs on the device and dtype of the points (float32 is enough for pixels: about
 1e-4 px).
 """
 
@@ -32,10 +33,12 @@ class Projection:
     """Projections of N points into one camera.
 
     Attributes:
-        u, v: (N,) undistorted pixel coordinates (meaningless where not ``valid``).
+        u, v: (N,) pixel coordinates of the camera's images: undistorted, or original for a camera
+            with a lens (meaningless where not ``valid``).
         cross_x, cross_y: (N,) world X, Y of the refraction point on the water plane (Z = water_z).
-        valid: (N,) bool: the point is under water, the solve converged and the crossing is in front
-            of the camera (pixels outside the image are still valid).
+        valid: (N,) bool: the point is under water, the solve converged, the crossing is in front
+            of the camera and (with a lens) its direction is within the lens model's fold (pixels
+            outside the image are still valid).
     """
 
     u: torch.Tensor
@@ -106,6 +109,10 @@ def project_xyz(
     inv_z = 1.0 / torch.where(valid, zc, 1.0)
     (k00, k01, k02), (k10, k11, k12), _ = camera.K.tolist()
     xn, yn = xc * inv_z, yc * inv_z
+    if camera.lens is not None:  # original pixel grid: through the lens model, never past its fold
+        xy_d, unfolded = camera.lens.distort(torch.stack([xn, yn], dim=-1))
+        xn, yn = xy_d.unbind(-1)
+        valid = valid & unfolded
     return Projection(
         u=k00 * xn + k01 * yn + k02,
         v=k10 * xn + k11 * yn + k12,

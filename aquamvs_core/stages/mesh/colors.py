@@ -70,11 +70,11 @@ def vertex_colors_from_views(
 
     Args:
         vertices: (V, 3) world points, metres. normals: (V, 3) unit normals facing the cameras.
-        cameras, images: camera name → refractive camera / (H, W, 3) uint8 undistorted RGB image;
+        cameras, images: camera name → refractive camera / (H, W, 3) uint8 RGB image of its grid;
             only cameras with an image are used.
         depth_maps: camera name → :class:`DepthMap` for the occlusion test (cameras without one
             count as "unconfirmed" views).
-        masks: camera name → (H, W) bool validity of the undistorted image.
+        masks: camera name → (H, W) bool validity of the image.
         views: instead of ``images`` and ``depth_maps``: camera name → its maps, loaded one
             camera at a time.
 

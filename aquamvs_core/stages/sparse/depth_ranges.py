@@ -34,11 +34,15 @@ class DepthRangeConfig(BaseModel):
 
 
 def camera_depth_ranges(
-    points: np.ndarray, cameras: dict[str, RefractiveCamera], config: DepthRangeConfig
+    points: np.ndarray,
+    cameras: dict[str, RefractiveCamera],
+    config: DepthRangeConfig,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict]:
     """World-Z search range per camera from the frame's sparse cloud ``points`` (N, 3).
 
-    A camera uses the points it sees (projected inside its image); if it sees fewer than
+    A camera uses the points it sees (projected inside its image by the exact, fold-guarded
+    projection, and inside its validity mask ``masks[name]`` (H, W) bool when given); if it sees fewer than
     ``min_points`` it uses the frame-wide range, and if the whole cloud is that small, the fallback
     water depths. Returns camera → ``{"z_min", "z_max", "source", "n_points"}`` (metres).
     """
@@ -60,6 +64,11 @@ def camera_depth_ranges(
         if len(pts):
             uv, ok = cam.project(tensor)
             seen = (ok & cam.in_image(uv)).numpy()
+            if masks is not None and name in masks:
+                mask = np.asarray(masks[name], dtype=bool)
+                iu = np.clip(np.round(np.nan_to_num(uv[:, 0].numpy())), 0, mask.shape[1] - 1).astype(int)
+                iv = np.clip(np.round(np.nan_to_num(uv[:, 1].numpy())), 0, mask.shape[0] - 1).astype(int)
+                seen &= mask[iv, iu]
         else:
             seen = np.zeros(0, dtype=bool)
         if seen.sum() >= config.min_points:

@@ -68,6 +68,12 @@ class PlaneSweepConfig(BaseModel):
         description="refinement iterations (pyramid level, step in pixels of that level), in order",
     )
     refine_radius: int = Field(2, ge=1, le=8, description="offsets -R..R of each refinement iteration")
+    multiscale_fallback: bool = Field(
+        False,
+        description="where the finest level's correlation fails (weak texture), keep the depth of the "
+        "finest coarser refinement level that matched (off: on the turbid-silt survey it added 0.2 points "
+        "of completeness and cost 0.2 mm of p90, benchmarks/results/variants_cpu.md)",
+    )
     surface_smoothing: int = Field(
         9,
         ge=0,

@@ -152,6 +152,26 @@ def _ray_dz(
 # ---------------------------------------------------------------------------------------------
 
 
+def _to_full(
+    level: int,
+    z: torch.Tensor,
+    ncc: torch.Tensor,
+    converged: torch.Tensor,
+    px_per_m: torch.Tensor,
+    full: tuple[int, int],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A level's (z, ncc, converged, px_per_m) on the full-resolution grid."""
+    if level == 0:
+        return z, ncc, converged, px_per_m
+    return (
+        upsample(z, level, 0, full),
+        upsample(ncc, level, 0, full),
+        upsample(converged.to(dtype), level, 0, full) > 0.999,
+        upsample(px_per_m, level, 0, full),
+    )
+
+
 @torch.no_grad()
 def sweep_pair(
     ref_img: ArrayLike | PreparedImage,
@@ -219,7 +239,9 @@ def sweep_pair(
     px_per_m = torch.zeros_like(z)
     level = config.coarse_level
     full = (w, h)
-    for lvl, step in config.refine_schedule:
+    coarser: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    schedule = config.refine_schedule
+    for i, (lvl, step) in enumerate(schedule):
         if lvl != level:
             # Pixels next to the area the sweep could evaluate (its windows reach further at coarse
             # levels) get the depth and margin of their neighbours, to be searched at finer levels.
@@ -229,12 +251,20 @@ def sweep_pair(
             level = lvl
         res = refine_surface(lvs[lvl], field_, z, step, config)
         z, ncc, converged, px_per_m = res.z, res.ncc, res.converged, res.px_per_m * 2.0**lvl
+        if config.multiscale_fallback and i + 1 < len(schedule) and schedule[i + 1][0] != lvl:
+            coarser.append((lvl, z, ncc, converged, px_per_m))
     if level != 0:
-        z = upsample(z, level, 0, full)
-        ncc = upsample(ncc, level, 0, full)
-        converged = upsample(converged.to(dtype), level, 0, full) > 0.999
+        z, ncc, converged, px_per_m = _to_full(level, z, ncc, converged, px_per_m, full, dtype)
         margin = upsample(margin.clamp(max=10.0), level, 0, full)
-        px_per_m = upsample(px_per_m, level, 0, full)
+    # Multi-scale fallback: where the finest level's correlation fails (weak texture: a textureless
+    # or low-NCC window), keep the depth of the finest coarser level that matched (its windows
+    # cover 2^L times more of the bed, and its pixels average 4^L times more samples).
+    for lvl, zc, nc, cc, pc in reversed(coarser):
+        zc, nc, cc, pc = _to_full(lvl, zc, nc, cc, pc, full, dtype)
+        good = torch.isfinite(z) & converged & (ncc >= config.min_ncc)
+        take = ~good & torch.isfinite(zc) & cc & (nc >= config.min_ncc)
+        z, ncc = torch.where(take, zc, z), torch.where(take, nc, ncc)
+        converged, px_per_m = converged | take, torch.where(take, pc, px_per_m)
     timings["refine"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -269,6 +269,53 @@ class LevelWarp:
         return (dw * self.px_per_grid.to(dw.dtype)).norm(dim=-1)
 
 
+def fill_nodes(coeffs: torch.Tensor, max_passes: int = 4) -> torch.Tensor:
+    """Fill lattice nodes without an exact warp (NaN rows of ``coeffs`` (Nv, Nu, ...)) next to valid
+    ones by polynomial extrapolation along the lattice rows and columns (quadratic from three valid
+    nodes in a line, else linear from two), averaged over the directions available; up to
+    ``max_passes`` rings of nodes.
+
+    Such nodes lie outside the image, e.g. beyond a strongly distorted lens's fold next to an image
+    corner (the real rig's lenses fold ~14 px beyond their corners at 640×480). Without a value they
+    would invalidate every pixel within two lattice steps of them; with it the pixels there are
+    interpolated from the smooth continuation of the warp. Whether a pixel has a ray and whether its
+    source sample lies inside the source image are still decided exactly, per pixel."""
+    c = coeffs.clone()
+    for _ in range(max_passes):
+        bad = torch.isnan(c).flatten(2).any(dim=-1)
+        if not bool(bad.any()) or bool(bad.all()):
+            break
+        total = torch.zeros_like(c)
+        count = torch.zeros(bad.shape, dtype=c.dtype, device=c.device)
+        for dim in (0, 1):
+            for sign in (1, -1):
+                n1, n2, n3 = (torch.roll(c, sign * k, dims=dim) for k in (1, 2, 3))
+                ok1, ok2, ok3 = (torch.roll(~bad, sign * k, dims=dim) for k in (1, 2, 3))
+                # Rolled-in entries wrap around the lattice: only a neighbour inside it counts.
+                idx = torch.arange(c.shape[dim], device=c.device)
+                inside = [(idx - sign * k >= 0) & (idx - sign * k < c.shape[dim]) for k in (1, 2, 3)]
+                shape = (-1, 1) if dim == 0 else (1, -1)
+                ok1 = ok1 & inside[0].view(shape)
+                ok2 = ok2 & inside[1].view(shape)
+                ok3 = ok3 & inside[2].view(shape)
+                quad = ok1 & ok2 & ok3
+                lin = ok1 & ok2 & ~quad
+                e = c.dim() - 2
+                qv = torch.nan_to_num(3 * n1 - 3 * n2 + n3)
+                lv = torch.nan_to_num(2 * n1 - n2)
+                use = (bad & (quad | lin)).to(c.dtype)
+                value = torch.where(quad.view(*quad.shape, *([1] * e)), qv, lv)
+                total += value * use.view(*use.shape, *([1] * e))
+                count += use
+        fill = bad & (count > 0)
+        if not bool(fill.any()):
+            break
+        e = c.dim() - 2
+        mean = total / count.clamp_min(1).view(*count.shape, *([1] * e))
+        c = torch.where(fill.view(*fill.shape, *([1] * e)), mean, c)
+    return c
+
+
 @torch.no_grad()
 def build_warp_field(
     ref: RefractiveCamera,
@@ -325,6 +372,7 @@ def build_warp_field(
     fit = (vander @ coeffs).reshape(n_fit, nv, nu, 2)
     coeffs = coeffs.reshape(degree + 1, nv, nu, 2).permute(1, 2, 0, 3).contiguous()
     coeffs = torch.where(node_ok[:, :, None, None], coeffs, torch.full_like(coeffs, math.nan))
+    coeffs = fill_nodes(coeffs)
     sw, sh = src.image_size or ref.image_size
     near = (
         (uv[..., 0] > -0.25 * sw)

@@ -50,7 +50,7 @@ from aquamvs_core.stages.dense.roma import (
     random_checkpoints,
     verify_checkpoints,
 )
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, load_survey_spec, product_path
 from aquamvs_core.synthetic import load_ground_truth, trace_pixels
@@ -121,7 +121,7 @@ def small_scene(synthetic_small_survey):
         n: RefractiveCamera.from_calibration(rig[n], rig.interface, undistorted_intrinsics(rig[n]))
         for n in rig.camera_names
     }
-    return rig, load_ground_truth(spec.ground_truth), cams, select_pairs(rig, spec.pair_neighbours)
+    return rig, load_ground_truth(spec.ground_truth), cams, survey_pairs(rig, spec)
 
 
 def _gt_at_grid(rig, gt, cam: RefractiveCamera, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -277,9 +277,9 @@ def _roma_definitions(survey_file: Path, checkpoints: RomaCheckpoints):
 
 
 def _ingested(survey_file: Path, checkpoints: RomaCheckpoints, frames: list[int], tmp_path: Path):
-    """RoMa definitions of a copy of the survey with one neighbour per camera and no auxiliary
-    sources (4 dense pairs), with ``frames`` ingested; returns the definitions, the instance, the
-    survey file and the ``pairwise_depths`` job."""
+    """RoMa definitions of a copy of the survey with one source per camera (by view geometry) and no
+    auxiliary sources (6 dense pairs), with ``frames`` ingested; returns the definitions, the
+    instance, the survey file and the ``pairwise_depths`` job."""
     spec = load_survey_spec(survey_file).model_copy(update={"pair_neighbours": 1})
     survey_file = spec.to_yaml(tmp_path / "roma_survey.yaml")
     defs = _roma_definitions(survey_file, checkpoints)
@@ -324,15 +324,15 @@ def test_one_materialization_of_a_frame_loads_roma_once_and_disposes(
     monkeypatch.setattr(RomaSession, "close", counting_close)
     result = _pairwise(job, instance, "f000000")
     assert result.success
-    assert len(loads) == 1 and len(closes) == 1  # one model for the frame's 4 pairs
+    assert len(loads) == 1 and len(closes) == 1  # one model for the frame's 6 pairs
     del closes[:]
     gc.collect()
     assert refs[0]() is None  # no reference to the model survives the materialization
     spec = load_survey_spec(survey_file)
     store = SurveyStore(spec.store)
-    pairs = [p for p in select_pairs(load_calibration(spec.calibration), 1) if p.src != "aux"]
+    pairs = [p for p in survey_pairs(load_calibration(spec.calibration), spec) if p.src != "aux"]
     written = store.list_products(product_path(Product.PAIRWISE_DEPTHS, "f000000"))
-    assert written == sorted(p.key for p in pairs) and len(pairs) == 4
+    assert written == sorted(p.key for p in pairs) and len(pairs) == 6
     messages = [e.message for e in instance.all_logs(result.run_id) if e.message]
     assert any("RoMa loaded on cpu" in m for m in messages)
     assert any("RoMa disposed of" in m for m in messages)
