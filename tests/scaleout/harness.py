@@ -18,8 +18,12 @@ from pathlib import Path
 import dagster as dg
 from servers import log_tail
 
+from aquamvs_assets.definitions import survey_namespace
 from aquamvs_assets.project import PROJECT_ROOT
 from aquamvs_assets.scaleout import CELERY_QUEUE
+from aquamvs_core.camera.calibration import load_calibration
+from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.survey import load_survey_spec
 
 BIN = Path(sys.executable).parent
 LOCATION_MODULE = "aquamvs_assets.location"
@@ -97,13 +101,17 @@ class CeleryWorker:
 
 
 def launch(
-    env: dict[str, str], job: str, partition: str | None, log_path: Path
+    env: dict[str, str], job: str, partition: str | None, log_path: Path, op_selection: str | None = None
 ) -> tuple[str, subprocess.Popen]:
     """Start ``dagster job execute`` of ``job`` for ``partition``; returns the run's test tag and the
-    process (which orchestrates the run: it submits each step to Celery and waits for it)."""
+    process (which orchestrates the run: it submits each step to Celery and waits for it).
+    ``op_selection`` (Dagster's syntax, for example ``*step`` for a step and all it depends on) runs
+    only part of the job, for tests that need only its first steps."""
     tag = uuid.uuid4().hex
     tags = {RUN_TAG: tag, **({"dagster/partition": partition} if partition else {})}
     command = [str(BIN / "dagster"), "job", "execute", "-m", LOCATION_MODULE, "-a", "defs", "-j", job]
+    if op_selection:
+        command += ["--op-selection", op_selection]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [*command, "--tags", json.dumps(tags)], env=env, cwd=PROJECT_ROOT, stdout=log,
@@ -121,6 +129,23 @@ def wait(proc: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
         raise AssertionError(f"run still going after {timeout_s} s:\n{log_tail(log_path, 40)}") from None
 
 
+def step_key(survey_file: Path, asset: str) -> str:
+    """The step (op) name of a survey's ``asset`` in its jobs."""
+    return survey_namespace(survey_file).key(asset).to_python_identifier()
+
+
+def up_to(survey_file: Path, asset: str) -> str:
+    """The op selection of ``asset``'s step and every step it depends on."""
+    return f"*{step_key(survey_file, asset)}"
+
+
+def dense_pair_count(survey_file: Path) -> int:
+    """The dense pairs of a frame of the survey without auxiliary sources (the tests' setting)."""
+    spec = load_survey_spec(survey_file)
+    rig = load_calibration(spec.calibration)
+    return sum(p.src not in rig.auxiliary_names for p in select_pairs(rig, spec.pair_neighbours))
+
+
 def run_by_tag(instance: dg.DagsterInstance, tag: str) -> dg.DagsterRun:
     runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_TAG: tag}))
     assert len(runs) == 1, f"expected one run tagged {tag}, found {len(runs)}"
@@ -128,9 +153,11 @@ def run_by_tag(instance: dg.DagsterInstance, tag: str) -> dg.DagsterRun:
 
 
 def execute(env: dict[str, str], instance: dg.DagsterInstance, job: str, partition: str | None,
-            log_path: Path, timeout_s: float = 400) -> dg.DagsterRun:  # fmt: skip
-    """Run ``job`` for ``partition`` to its end; returns the run as recorded in the instance."""
-    tag, proc = launch(env, job, partition, log_path)
+            log_path: Path, timeout_s: float = 400,
+            op_selection: str | None = None) -> dg.DagsterRun:  # fmt: skip
+    """Run ``job`` (or its ``op_selection``) for ``partition`` to its end; returns the run as recorded
+    in the instance."""
+    tag, proc = launch(env, job, partition, log_path, op_selection)
     wait(proc, timeout_s, log_path)
     return run_by_tag(instance, tag)
 

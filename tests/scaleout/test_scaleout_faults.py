@@ -10,7 +10,18 @@ import time
 
 import dagster as dg
 import pytest
-from harness import RUN_TAG, TEST_VISIBILITY_TIMEOUT_S, execute, launch, run_by_tag, step_events, wait
+from harness import (
+    RUN_TAG,
+    TEST_VISIBILITY_TIMEOUT_S,
+    dense_pair_count,
+    execute,
+    launch,
+    run_by_tag,
+    step_events,
+    step_key,
+    up_to,
+    wait,
+)
 from servers import log_tail
 
 from aquamvs_assets.definitions import survey_namespace
@@ -18,11 +29,6 @@ from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, frame_key, load_survey_spec, product_path
 
 pytestmark = pytest.mark.scaleout
-DENSE_PAIRS = 4  # one neighbour per ring camera, no auxiliary sources
-
-
-def _step_key(scale_survey, asset: str) -> str:
-    return survey_namespace(scale_survey).key(asset).to_python_identifier()
 
 
 def _wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.2):
@@ -51,8 +57,11 @@ def test_worker_killed_mid_step_is_rerun_on_the_other_worker(
     calibrated, workers, deployment, instance, scale_survey, log_dir
 ):
     log_path = log_dir / "killed_worker_f1.log"
-    tag, proc = launch(deployment, "reconstruct", frame_key(1), log_path)
-    step = _step_key(scale_survey, "pairwise_depths")  # the longest step here (~15 s)
+    step = step_key(scale_survey, "pairwise_depths")  # the longest step here (~15 s)
+    # The frame's chain up to its dense depths only: the steps after it add time, not coverage.
+    tag, proc = launch(
+        deployment, "reconstruct", frame_key(1), log_path, up_to(scale_survey, "pairwise_depths")
+    )
 
     def started():
         run = instance.get_runs(filters=dg.RunsFilter(tags={RUN_TAG: tag}))
@@ -82,7 +91,9 @@ def test_worker_killed_mid_step_is_rerun_on_the_other_worker(
     # passed since it was delivered to the killed one (a few seconds before its STEP_START).
     assert killed_at < starts[1].timestamp < killed_at + TEST_VISIBILITY_TIMEOUT_S + 60
     store = SurveyStore(load_survey_spec(scale_survey).store, read_only=True)
-    assert store.has_product(product_path(Product.MESH, frame_key(1)))
+    assert len(store.product_paths(product_path(Product.PAIRWISE_DEPTHS, frame_key(1)))) == dense_pair_count(
+        scale_survey
+    )
 
 
 def test_broker_down_at_launch_fails_at_once_saying_so(
@@ -128,13 +139,13 @@ def test_object_store_down_mid_write_leaves_nothing_complete(
         s3.start()
     failed = run_by_tag(instance, tag)
     assert failed.status == dg.DagsterRunStatus.FAILURE, log_tail(log_path, 60)
-    step = _step_key(scale_survey, "pairwise_depths")
+    step = step_key(scale_survey, "pairwise_depths")
     retries = step_events(instance, failed.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert [e.step_key for e in retries] == [step, step]  # the RetryPolicy for object stores
 
     store = SurveyStore(store_url, read_only=True)
     committed = store.product_paths(pairs_prefix)
-    assert len(committed) < DENSE_PAIRS
+    assert len(committed) < dense_pair_count(scale_survey)
     for product in (Product.CAMERA_DEPTHS, Product.FUSED_CLOUD, Product.MESH):
         assert not store.product_paths(product_path(product, frame)), product
     for asset in ("pairwise_depths", "fused_cloud", "mesh"):
@@ -144,10 +155,13 @@ def test_object_store_down_mid_write_leaves_nothing_complete(
         assert not records, asset
     written_before = {path: store.product_attrs(path)["written_at"] for path in committed}
 
-    again = execute(deployment, instance, "reconstruct", frame, log_dir / "s3_back_f2.log")
+    # The later run: the chain up to the step that failed (the rest is the end-to-end test's).
+    again = execute(
+        deployment, instance, "reconstruct", frame, log_dir / "s3_back_f2.log",
+        op_selection=up_to(scale_survey, "pairwise_depths"),
+    )  # fmt: skip
     assert again.status == dg.DagsterRunStatus.SUCCESS, log_tail(log_dir / "s3_back_f2.log", 60)
     store = SurveyStore(store_url, read_only=True)
-    assert len(store.product_paths(pairs_prefix)) == DENSE_PAIRS
-    assert store.has_product(product_path(Product.MESH, frame))
+    assert len(store.product_paths(pairs_prefix)) == dense_pair_count(scale_survey)
     # Pairs committed before the outage (if any) are current and were reused, not written again.
     assert {path: store.product_attrs(path)["written_at"] for path in committed} == written_before

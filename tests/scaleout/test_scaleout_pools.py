@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from harness import launch, run_by_tag, step_events, wait
+from harness import launch, run_by_tag, step_events, step_key, up_to, wait
 from servers import log_tail
 
 from aquamvs_assets.assets.depth import GPU_POOL
-from aquamvs_assets.definitions import survey_namespace
 from aquamvs_core.survey import frame_key
 
 pytestmark = pytest.mark.scaleout
@@ -24,15 +23,19 @@ def _intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[flo
 
 def test_gpu_pool_holds_across_workers(calibrated, workers, deployment, instance, scale_survey, log_dir):
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1  # deploy/dagster.yaml
-    # Frames 0 and 1 are reconstructed by the earlier tests: every step reuses its product, so the
-    # steps are short and the two runs' steps meet on the two workers.
-    launched = [launch(deployment, "reconstruct", frame_key(i), log_dir / f"pool_f{i}.log") for i in (0, 1)]
+    # Frames 0 and 1 are reconstructed (up to their dense depths at least) by the earlier tests:
+    # every step reuses its product, so the steps are short and the two runs' steps meet on the two
+    # workers. The runs go up to the dense depths, the pool's step.
+    selection = up_to(scale_survey, "pairwise_depths")
+    launched = [
+        launch(deployment, "reconstruct", frame_key(i), log_dir / f"pool_f{i}.log", selection) for i in (0, 1)
+    ]
     for (_, proc), i in zip(launched, (0, 1), strict=True):
         wait(proc, 400, log_dir / f"pool_f{i}.log")
     runs = [run_by_tag(instance, tag) for tag, _ in launched]
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), log_tail(log_dir / "pool_f1.log", 40)
 
-    gpu_step = survey_namespace(scale_survey).key("pairwise_depths").to_python_identifier()
+    gpu_step = step_key(scale_survey, "pairwise_depths")
     first, second = (_intervals(instance, r.run_id) for r in runs)
     (a0, a1), (b0, b1) = first[gpu_step], second[gpu_step]
     assert a1 <= b0 or b1 <= a0, f"the {GPU_POOL} pool's steps overlapped: {(a0, a1)} and {(b0, b1)}"
