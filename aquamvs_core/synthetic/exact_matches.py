@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aquamvs_core.camera.calibration import Rig
+from aquamvs_core.camera.calibration import CameraCalibration, Rig
 from aquamvs_core.camera.distortion import distort_pixels
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.stages.dense.correspondence_depth import CorrespondenceSampler, WarpMatch, grid_pixels
@@ -25,6 +25,14 @@ def _inside(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.isfinite(u) & torch.isfinite(v) & (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
 
 
+def _original(pixels: torch.Tensor, camera: RefractiveCamera, calibration: CameraCalibration) -> torch.Tensor:
+    """Original-image pixels (..., 2) of ``camera``'s pixels (..., 2): distorted from an undistorted
+    grid, unchanged for a camera with a lens (its pixels are the original image's)."""
+    if camera.lens is not None:
+        return pixels
+    return distort_pixels(pixels, calibration, camera.K.cpu().numpy())
+
+
 def ground_truth_warp(
     rig: Rig,
     gt: GroundTruth,
@@ -35,24 +43,25 @@ def ground_truth_warp(
     grid_shape: tuple[int, int],
     occlusion_tol_mm: float = 1.0,
 ) -> WarpMatch:
-    """The exact warp of undistorted ``ref`` into undistorted ``src`` on an ``h × w`` grid.
+    """The exact warp of ``ref``'s image into ``src``'s on an ``h × w`` grid, on the cameras' pixel
+    grids (undistorted, or original for a camera with a lens).
 
     Certainty is 1 where the reference pixel's ray hits the bottom, the point projects into the
     source image (inside the original, distorted image too) and the source's own ray reaches it
     unoccluded (within ``occlusion_tol_mm``); 0 elsewhere (those cells' targets are set to 0).
-    ``cameras`` are the refractive cameras of the undistorted images (``StoreCameras.cameras``).
+    ``cameras`` are the refractive cameras of the stored images (``StoreCameras.cameras``).
     """
     cam_ref, cam_src = cameras[ref], cameras[src]
     size_ref, size_src = rig[ref].image_size, rig[src].image_size
     pix = grid_pixels(grid_shape, size_ref).reshape(-1, 2)
-    distorted = distort_pixels(pix, rig[ref], cam_ref.K.cpu().numpy())
+    distorted = _original(pix, cam_ref, rig[ref])
     hits = trace_pixels(rig[ref], rig.interface, gt, frame_index, distorted.numpy())
     points = torch.from_numpy(hits.points)
     ok = _inside(distorted, size_ref) & torch.from_numpy(hits.hit)
     safe = torch.where(ok.unsqueeze(-1), points, torch.zeros_like(points) + points[ok][:1].mean(0))
     uv_src, projected = cam_src.project(safe.to(cam_src.K.dtype))
     uv_src = uv_src.double()
-    src_distorted = distort_pixels(uv_src, rig[src], cam_src.K.cpu().numpy())
+    src_distorted = _original(uv_src, cam_src, rig[src])
     ok = ok & projected & _inside(uv_src, size_src) & _inside(src_distorted, size_src)
     back = trace_pixels(rig[src], rig.interface, gt, frame_index, src_distorted.numpy())
     origins, _, ray_ok = cam_src.cast_ray(uv_src.to(cam_src.K.dtype))
