@@ -22,7 +22,7 @@ from aquamvs_assets.definitions import survey_namespace
 from aquamvs_assets.project import PROJECT_ROOT
 from aquamvs_assets.scaleout import CELERY_QUEUE
 from aquamvs_core.camera.calibration import load_calibration
-from aquamvs_core.stages.pairs import select_pairs
+from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.survey import load_survey_spec
 
 BIN = Path(sys.executable).parent
@@ -143,7 +143,7 @@ def dense_pair_count(survey_file: Path) -> int:
     """The dense pairs of a frame of the survey without auxiliary sources (the tests' setting)."""
     spec = load_survey_spec(survey_file)
     rig = load_calibration(spec.calibration)
-    return sum(p.src not in rig.auxiliary_names for p in select_pairs(rig, spec.pair_neighbours))
+    return sum(p.src not in rig.auxiliary_names for p in survey_pairs(rig, spec))
 
 
 def run_by_tag(instance: dg.DagsterInstance, tag: str) -> dg.DagsterRun:
