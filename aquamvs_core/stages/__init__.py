@@ -1,8 +1,11 @@
 """The stages of the reconstruction, pure functions on arrays and tensors with small dataclasses at
 their edges, in data-flow order:
 
-* :mod:`.ingest` — undistortion of each camera's raw frames;
-* :mod:`.pairs` — stereo pair selection and each pair's overlap through the water;
+* :mod:`.ingest` — the pixel grid each camera's frames are stored on (canvas policy) and the
+  resampling of raw frames onto it;
+* :mod:`.view_selection` — which camera sees which bed point, at what triangulation angle, and the
+  coverage guarantee;
+* :mod:`.pairs` — stereo pair selection by that geometry and each pair's overlap through the water;
 * :mod:`.sparse` — feature matching and refractive triangulation, per-camera depth ranges;
 * :mod:`.depth_map` — the depth-map contract between the depth stages and their consumers;
 * :mod:`.stereo` — the refractive plane sweep and the per-camera combination of pair depths;
