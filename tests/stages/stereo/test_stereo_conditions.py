@@ -5,7 +5,6 @@ keeps depths that the finest window cannot match, without wrong points)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from aquamvs_core.camera.refraction import RefractiveCamera
@@ -22,14 +21,6 @@ from aquamvs_core.synthetic import (
 
 W, H = 200, 150
 Z_RANGE = (1.15, 1.25)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 def test_strong_distortion_on_the_original_grid_keeps_the_periphery():
