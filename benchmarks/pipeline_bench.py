@@ -53,6 +53,9 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path, source_stor
     spec = load_survey_spec(spec_file)
     store_path = work / f"store-{preset}.zarr"
     shutil.copytree(source_store or spec.store, store_path)
+    # Only the calibration and the frames: products already in the source store (another benchmark's,
+    # say) would be reused and their stages not timed.
+    shutil.rmtree(store_path / "products", ignore_errors=True)
     store = SurveyStore(store_path)
     rig = store.read_rig()
     pairs = survey_pairs(rig, spec)
