@@ -18,7 +18,8 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
-from dagster_helpers import graphql, webserver
+from dagster_helpers import webserver
+from graphql_client import graphql
 
 from aquamvs_assets.cli import _survey_name_for
 from aquamvs_assets.cli import main as cli_main

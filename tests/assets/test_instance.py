@@ -9,7 +9,8 @@ import os
 
 import dagster as dg
 import pytest
-from dagster_helpers import graphql, webserver
+from dagster_helpers import webserver
+from graphql_client import graphql
 
 from aquamvs_assets.assets.surface import QUALITY_CHECK
 from aquamvs_assets.definitions import build_definitions, survey_namespace

@@ -13,7 +13,8 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
-from harness import BIN, execute, graphql, step_events
+from graphql_client import graphql
+from harness import BIN, execute, step_events
 from servers import free_port, log_tail
 
 from aquamvs_assets.definitions import survey_namespace
