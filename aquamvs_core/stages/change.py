@@ -91,7 +91,7 @@ class ChangeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     confidence: float = Field(0.95, ge=0.5, le=0.9999)
-    relative_sigma: float = Field(0.35, ge=0.0, le=10.0)
+    relative_sigma: float = Field(0.40, ge=0.0, le=10.0)
     relative_window_mm: float | None = Field(None, gt=0.0, le=1000.0)
     reference_frame: int | None = Field(None, ge=0)
     regions: tuple[Region, ...] = ()

@@ -15,10 +15,14 @@ the same for every frame so that frames line up cell for cell.
    the bed averaged over the window, a blur of standard deviation ``w·GSD/√12`` on the bed (GSD:
    the cameras' ground sampling distance,
    :func:`~aquamvs_core.stages.bed_grid.ground_sampling_distance`). Fine relief (sand
-   ripples) comes out flattened by it, and so do the volumes of fine changes. One Van Cittert step,
-   ``z + (z − G_σ * z)`` (normalised Gaussian convolution over the valid cells), undoes it to
-   first order (a component of gain ``H`` gets ``H·(2 − H)``); it is tapered to nothing where less
-   than ``psf_min_support`` of the kernel lies on valid cells (at the rim of the cloud);
+   ripples) comes out flattened by it, and so do the volumes of fine changes. ``n =
+   psf_iterations`` Van Cittert steps, ``ẑ ← ẑ + (z − G_σ * ẑ)`` from ``ẑ = z`` (normalised
+   Gaussian convolution over the valid cells), undo it to order ``n``: a component of gain ``H``
+   gets ``1 − (1 − H)^(n+1)`` (one step: ``H·(2 − H)``), and noise the blur did not shape is
+   amplified at most ``n + 1`` times. Two steps are the default: one left the volumes of ripple
+   migration with a 47 mm wavelength 8–10 % short (``benchmarks/results/change_cpu.md``). The
+   steps are tapered to nothing where less than ``psf_min_support`` of the kernel lies on valid
+   cells (at the rim of the cloud);
 4. ``sigma``, the standard uncertainty of a cell's ``z`` as it matters for change detection (the
    part of the error that differs between two frames; errors that the two frames share, such as
    the texture's own matching bias, cancel in ``dz``):
@@ -63,6 +67,7 @@ class HeightfieldConfig(BaseModel):
         min_points: points a cell needs for a measured ``z``.
         psf_sigma_mm: blur compensated in step 3, mm; None: ``w·GSD/√12`` for the plane-sweep
             pathways (``w``: the NCC window) and none for RoMa; 0: no compensation.
+        psf_iterations: Van Cittert steps of the compensation (1: first order).
         psf_min_support: fraction of the Gaussian kernel on valid cells below which the compensation
             tapers to nothing (rim of the cloud).
         spread_window: side (cells, odd) of the neighbourhood pooled for a cell's point spread.
@@ -82,6 +87,7 @@ class HeightfieldConfig(BaseModel):
     max_fill_cells: int = Field(3, ge=0, le=32)
     min_points: int = Field(1, ge=1)
     psf_sigma_mm: float | None = Field(None, ge=0.0, le=100.0)
+    psf_iterations: int = Field(2, ge=1, le=5)
     psf_min_support: float = Field(0.5, ge=0.0, lt=1.0)
     spread_window: int = Field(5, ge=1, le=51)
     view_sigma_px: float = Field(0.018, gt=0.0, le=100.0)
@@ -278,7 +284,7 @@ def build_heightfield(
     # 2. Small holes; 3. resolution compensation.
     z, sigma, cams = _fill_small_holes(z, sigma, cams, config)
     if psf_sigma > 0:
-        z = _compensate_psf(z, psf_sigma / grid.cell, config.psf_min_support)
+        z = _compensate_psf(z, psf_sigma / grid.cell, config.psf_min_support, config.psf_iterations)
     valid = np.isfinite(z)
     return Heightfield(
         grid,
@@ -365,11 +371,15 @@ def _fill_small_holes(
     return z, sigma, cams
 
 
-def _compensate_psf(z: np.ndarray, sigma_cells: float, min_support: float) -> np.ndarray:
-    """Step 3 of the module docstring: ``z + a·(z − G * z)`` with ``a`` = 1 where the kernel lies
-    wholly on valid cells, tapering linearly to 0 where only ``min_support`` of it does."""
+def _compensate_psf(z: np.ndarray, sigma_cells: float, min_support: float, iterations: int) -> np.ndarray:
+    """Step 3 of the module docstring: ``iterations`` steps ``ẑ ← ẑ + a·(z − G * ẑ)`` from ``ẑ = z``,
+    with ``a`` = 1 where the kernel lies wholly on valid cells, tapering linearly to 0 where only
+    ``min_support`` of it does."""
     valid = np.isfinite(z)
-    blurred, support = masked_gaussian(z, valid, sigma_cells)
+    _, support = masked_gaussian(z, valid, sigma_cells)
     amount = np.clip((support - min_support) / (1.0 - min_support), 0.0, 1.0)
-    detail = np.where(valid, z - blurred, 0.0)
-    return np.where(valid, z + amount * detail, np.nan)
+    estimate = z
+    for _ in range(iterations):
+        blurred, _ = masked_gaussian(estimate, valid, sigma_cells)
+        estimate = np.where(valid, estimate + amount * np.where(valid, z - blurred, 0.0), np.nan)
+    return estimate

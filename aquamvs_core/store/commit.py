@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 __all__ = [
     "COMPLETE",
@@ -50,6 +51,11 @@ VERSION = "version"
 VERSION_NAME = re.compile(r"v[0-9a-f]{16}")
 #: Rows per chunk of long (N, ...) arrays such as point clouds.
 PRODUCT_CHUNK_ROWS = 1 << 20
+#: Compressor of every array the store writes: Blosc lz4 with byte shuffle (lossless). On 1600×1200
+#: depth maps and (N, 3) point tables it writes about 2.5x and reads about 2x faster than Zarr's
+#: default (zstd), and a depth map takes 62 % of its raw size instead of 79 %
+#: (benchmarks/results/store_codec_cpu.md). Arrays written with another codec read as before.
+STORE_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def now() -> str:
@@ -78,7 +84,9 @@ def write_array(
     group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...] | None = None
 ) -> None:
     """Write ``data`` as array ``name`` of ``group`` (one chunk unless ``chunks``), replacing it."""
-    group.create_array(name, data=data, chunks=chunks or data.shape, overwrite=True)
+    group.create_array(
+        name, data=data, chunks=chunks or data.shape, overwrite=True, compressors=STORE_COMPRESSORS
+    )
 
 
 def write_arrays(

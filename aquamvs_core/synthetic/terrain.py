@@ -306,6 +306,12 @@ def terrain_grid(config: SyntheticSurveyConfig) -> tuple[np.ndarray, np.ndarray]
 # --------------------------------------------------------------------------------------------
 
 
+def ripple_wavelength(config: SyntheticSurveyConfig) -> float:
+    """The survey's sand-ripple wavelength, metres (informative: finer ripples make finer changes)."""
+    x, y = terrain_grid(config)
+    return _make_relief(config, x, y, make_crater(config)).ripple_wavelength
+
+
 def make_terrain(config: SyntheticSurveyConfig) -> Terrain:
     """The synthetic bottom for frames ``0 … n_frames - 1`` (deterministic for ``config.seed``).
 
