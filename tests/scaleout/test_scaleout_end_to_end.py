@@ -24,7 +24,7 @@ from aquamvs_assets.runner import run_reconstruction
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, frame_key, load_survey_spec, product_path
 
-pytestmark = pytest.mark.scaleout
+pytestmark = [pytest.mark.scaleout, pytest.mark.xdist_group("scaleout")]  # one worker: shared servers
 FRAME = frame_key(0)
 
 

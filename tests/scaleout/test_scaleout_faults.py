@@ -28,7 +28,7 @@ from aquamvs_assets.definitions import survey_namespace
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, frame_key, load_survey_spec, product_path
 
-pytestmark = pytest.mark.scaleout
+pytestmark = [pytest.mark.scaleout, pytest.mark.xdist_group("scaleout")]  # one worker: shared servers
 
 
 def _wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.2):

@@ -11,7 +11,7 @@ from servers import S3_ENV
 from aquamvs_assets.resources import ZarrStoreResource
 from aquamvs_core.store import SurveyStore
 
-pytestmark = pytest.mark.scaleout
+pytestmark = [pytest.mark.scaleout, pytest.mark.xdist_group("scaleout")]  # one worker: shared servers
 
 
 def test_store_resource_credentials_without_environment(s3, monkeypatch):

@@ -11,7 +11,7 @@ from servers import log_tail
 from aquamvs_assets.assets.depth import GPU_POOL
 from aquamvs_core.survey import frame_key
 
-pytestmark = pytest.mark.scaleout
+pytestmark = [pytest.mark.scaleout, pytest.mark.xdist_group("scaleout")]  # one worker: shared servers
 
 
 def _intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
