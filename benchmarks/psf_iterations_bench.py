@@ -18,6 +18,8 @@ Seed 0 reads the built-in demo survey at ``.data/demo`` (as ``change_bench.py`` 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -150,7 +152,7 @@ def main() -> int:
         "preset": args.preset,
         "seeds": ", ".join(map(str, args.seeds)),
         "seconds": time.perf_counter() - t0,
-        "machine": "x86_64, 2 cores",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
     report = markdown(table, meta)
     Path(args.out).write_text(report)

@@ -20,7 +20,8 @@ the same for every frame so that frames line up cell for cell.
    Gaussian convolution over the valid cells), undo it to order ``n``: a component of gain ``H``
    gets ``1 − (1 − H)^(n+1)`` (one step: ``H·(2 − H)``), and noise the blur did not shape is
    amplified at most ``n + 1`` times. Two steps are the default: one left the volumes of ripple
-   migration with a 47 mm wavelength 8–10 % short (``benchmarks/results/change_cpu.md``). The
+   migration with 46–48 mm wavelengths 8–14 % short, three added more noise than they restored
+   (``benchmarks/results/psf_iterations_cpu.md``). The
    steps are tapered to nothing where less than ``psf_min_support`` of the kernel lies on valid
    cells (at the rim of the cloud);
 4. ``sigma``, the standard uncertainty of a cell's ``z`` as it matters for change detection (the
