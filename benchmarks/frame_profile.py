@@ -5,7 +5,7 @@ undistortion, store reads and writes, each stage, export, teardown), with the pe
 Usage (from the repository root)::
 
     python benchmarks/frame_profile.py run [--survey .data/demo] [--preset balanced] [--frames 0]
-        [--repeat 2] [--code DIR] [--label after] [--json benchmarks/results/frame_profile_after.json]
+        [--repeat 2] [--code DIR] [--label after] [--config overrides.yaml] [--json benchmarks/results/frame_profile_after.json]
     python benchmarks/frame_profile.py render --before B.json --after A.json --out benchmarks/results/frame_profile_cpu.md
 
 ``run`` starts ``python -m aquamvs_assets.cli reconstruct CALIBRATION VIDEOS OUT --preset P --frames F``
@@ -296,6 +296,8 @@ def run_profile(args: argparse.Namespace) -> dict:
                 "--frames",
                 args.frames,
             ]
+            if args.config:
+                argv += ["--config", str(Path(args.config).resolve())]
             cmd = [sys.executable, str(HERE), "child", "--trace", str(trace_path)]
             if args.pair_neighbours:
                 cmd += ["--pair-neighbours", str(args.pair_neighbours)]
@@ -343,6 +345,7 @@ def run_profile(args: argparse.Namespace) -> dict:
         "preset": args.preset,
         "frames": args.frames,
         "pair_neighbours": args.pair_neighbours or 4,
+        "config": _flat(yaml.safe_load(Path(args.config).read_text())) if args.config else {},
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "runs": runs,
@@ -494,7 +497,8 @@ def _header(result: dict, what: str) -> list[str]:
         "wall time. Peak RSS: the highest resident memory sampled (20 ms) during the part; the whole-process "
         "peak is the kernel's. The survey was generated beforehand and is not timed.",
         f"Machine: **{m['cpu']}**, {m['cores']} cores, {m['memory_gb']} GB, no GPU (GPU: not measured), shared "
-        "with other users: the load averages of every run are given. torch 1 thread (the project's default).",
+        "with other users: the load averages of every run are given. torch 1 thread (the project's default) "
+        "unless a run's settings say otherwise (`torch_threads`: matching and plane sweep; `fusion.threads`).",
     ]
 
 
@@ -568,9 +572,29 @@ def render(before: dict, after: dict) -> str:
     )
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"fusion": {"threads": 2}}`` → ``{"fusion.threads": 2}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _settings(result: dict) -> str:
+    """The run's configuration overrides, as ``a=1 b.c=2`` (empty: the preset as it is)."""
+    return " ".join(f"{k}={v}" for k, v in result.get("config", {}).items())
+
+
 def render_rig(results: list[dict], title: str) -> str:
     runs = [_median_run(r) for r in results]
-    head = "| part | " + " | ".join(f"{_pairs(r)} pairs: s | peak RSS MB" for r in runs) + " |"
+    names = [
+        f"{_pairs(r)} pairs" + (f", {_settings(res)}" if _settings(res) else "")
+        for r, res in zip(runs, results, strict=True)
+    ]
+    head = "| part | " + " | ".join(f"{name}: s | peak RSS MB" for name in names) + " |"
     lines = [head, "|---|" + "---|---|" * len(runs)]
     groups = [grouped(r) for r in runs]
     for i, (name, _) in enumerate(GROUPS):
@@ -590,9 +614,9 @@ def render_rig(results: list[dict], title: str) -> str:
             *_header(results[0], f"a synthetic survey at `{results[0]['survey']}`"),
             "",
             *[
-                f"- {_pairs(r)} pairs ({res.get('pair_neighbours', 4)} neighbours a camera), commit {res['commit']}, "
+                f"- {name} ({res.get('pair_neighbours', 4)} neighbours a camera), commit {res['commit']}, "
                 f"{res['date']}: runs {_runs_line(res)}; accuracy: {_quality(res)}."
-                for r, res in zip(runs, results, strict=True)
+                for name, r, res in zip(names, runs, results, strict=True)
             ],
             "",
             *lines,
@@ -618,6 +642,7 @@ def main() -> int:
     r.add_argument(
         "--pair-neighbours", type=int, default=None, help="stereo neighbours per camera (default 4)"
     )
+    r.add_argument("--config", default=None, help="YAML of configuration overrides (reconstruct --config)")
     r.add_argument("--json", default=None)
     d = sub.add_parser("render")
     d.add_argument("--before", required=True)
