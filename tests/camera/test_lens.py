@@ -222,3 +222,41 @@ def test_original_canvas_stores_frames_as_recorded() -> None:
     np.testing.assert_array_equal(out, img)
     assert all(bool(m.all()) for m in und.valid_masks.values())
     np.testing.assert_array_equal(und.K_new["cam0"], rig["cam0"].K)
+
+
+def test_cameras_of_the_same_calibration_share_one_solved_pixel_grid(monkeypatch) -> None:
+    """The whole-image inverse is solved once per (intrinsics, lens, size): a second camera built from
+    the same calibration (as every step of a run builds its own) reuses it, a different lens does not,
+    and the cache stays within its budget."""
+    from aquamvs_core.camera import lens as lens_module
+
+    lens_module.clear_grid_cache()
+    solved = []
+    original = lens_module.PixelInverse._solve_grid
+    monkeypatch.setattr(
+        lens_module.PixelInverse, "_solve_grid", lambda self, d: solved.append(1) or original(self, d)
+    )
+    first = lens_module.PixelInverse(K, Lens(DIST, False), (W, H))
+    again = lens_module.PixelInverse(K.copy(), Lens(DIST.copy(), False), (W, H))
+    other = lens_module.PixelInverse(K, Lens(DIST * 0.5, False), (W, H))
+    grid = first.grid()
+    assert again.grid() is grid and len(solved) == 1
+    other_grid = other.grid()
+    assert len(solved) == 2 and other_grid is not grid
+    # Each grid is the exact inverse of its own lens: distorting it gives back the pixel grid.
+    v, u = np.mgrid[0:H, 0:W]
+    for inverse, xy in ((first, grid), (other, other_grid)):
+        px, _ = inverse.pixels(xy)
+        ok = torch.isfinite(xy).all(-1)
+        assert float(ok.float().mean()) > 0.99
+        err = (px - torch.from_numpy(np.stack([u, v], -1)).double()).norm(dim=-1)[ok]
+        assert float(err.max()) < 1e-6
+    # Over budget, the least recently used grid goes (one grid is 640×480×16 bytes ≈ 4.7 MB).
+    monkeypatch.setattr(lens_module, "GRID_CACHE_MB", 6.0)
+    third = lens_module.PixelInverse(K, Lens(DIST * 0.25, False), (W, H))
+    third.grid()
+    assert len(solved) == 3
+    fresh = lens_module.PixelInverse(K, Lens(DIST, False), (W, H))
+    fresh.grid()  # the older grids were dropped to make room: solved again
+    assert len(solved) == 4
+    lens_module.clear_grid_cache()
