@@ -591,7 +591,7 @@ def _settings(result: dict) -> str:
 def render_rig(results: list[dict], title: str) -> str:
     runs = [_median_run(r) for r in results]
     names = [
-        f"{_pairs(r)} pairs" + (f", {_settings(res)}" if _settings(res) else "")
+        f"{_pairs(r)} pairs, {res['commit']}" + (f", {_settings(res)}" if _settings(res) else "")
         for r, res in zip(runs, results, strict=True)
     ]
     head = "| part | " + " | ".join(f"{name}: s | peak RSS MB" for name in names) + " |"
@@ -614,7 +614,7 @@ def render_rig(results: list[dict], title: str) -> str:
             *_header(results[0], f"a synthetic survey at `{results[0]['survey']}`"),
             "",
             *[
-                f"- {name} ({res.get('pair_neighbours', 4)} neighbours a camera), commit {res['commit']}, "
+                f"- {name} ({res.get('pair_neighbours', 4)} neighbours a camera), "
                 f"{res['date']}: runs {_runs_line(res)}; accuracy: {_quality(res)}."
                 for name, r, res in zip(names, runs, results, strict=True)
             ],
