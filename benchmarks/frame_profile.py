@@ -572,15 +572,11 @@ def render(before: dict, after: dict) -> str:
     )
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def _flat(tree: dict) -> dict:
     """``{"fusion": {"threads": 2}}`` → ``{"fusion.threads": 2}``."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    import pandas as pd
+
+    return pd.json_normalize(tree).to_dict("records")[0] if tree else {}
 
 
 def _settings(result: dict) -> str:

@@ -189,9 +189,9 @@ def _cached_grid(key: tuple, solve) -> torch.Tensor:
     grid = solve()
     with _GRID_LOCK:
         _GRID_CACHE[key] = grid
-        budget = GRID_CACHE_MB * 2**20
-        while len(_GRID_CACHE) > 1 and sum(g.nbytes for g in _GRID_CACHE.values()) > budget:
-            _GRID_CACHE.popitem(last=False)
+        held = sum(g.nbytes for g in _GRID_CACHE.values())
+        while len(_GRID_CACHE) > 1 and held > GRID_CACHE_MB * 2**20:
+            held -= _GRID_CACHE.popitem(last=False)[1].nbytes
     return grid
 
 
