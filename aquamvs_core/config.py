@@ -96,8 +96,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {
         "matching": {"max_keypoints": 2048},
         "plane_sweep": _changed(SWEEP_PRESETS["fast"]),
-        # Every source pixel, 2 mm voxels: the 2-view periphery stays covered (pixel_stride 2 cost 1.4
-        # points of completeness and failed the 90 % gate; benchmarks/results/pipeline_cpu.md).
+        # 2 mm voxels: the 2-view periphery stays covered. Fusion's "auto" source stride keeps every
+        # pixel at 640×480 (a fixed pixel_stride 2 there cost 1.4 points of completeness and failed
+        # the 90 % gate; benchmarks/results/pipeline_cpu.md).
         "fusion": {"voxel_size_mm": 2.0},
     },
     "balanced": {"plane_sweep": _changed(SWEEP_PRESETS["balanced"])},

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import open3d as o3d
 import open3d.core as o3c
+import pydantic
 import pytest
 import torch
 
@@ -349,3 +350,81 @@ def test_tile_culling_keeps_every_point_that_projects_near_a_lens_image(lab_lens
             near = p.valid & (p.u > -1) & (p.u < w) & (p.v > -1) & (p.v < h)
             assert int(near.sum()) > 1000, (src, wit)
             assert not bool((near & ~seen).any()), (src, wit)
+
+
+def _nadir_view(f_px: float, height_m: float, depth_m: float) -> tuple:
+    """A pinhole looking straight down from ``height_m`` above the water with one depth, ``depth_m``
+    along the ray of its principal point (a whole pixel), and the other pixels without depth."""
+    w, h = 101, 81
+    K = np.array([[f_px, 0, 50.0], [0, f_px, 40.0], [0, 0, 1]])
+    water_z = 0.7
+    cam = RefractiveCamera(
+        K, np.eye(3), -np.array([0.0, 0.0, water_z - height_m]), water_z, image_size=(w, h)
+    )
+    depth = torch.full((h, w), math.nan)
+    depth[40, 50] = depth_m
+    view = prepare_view(
+        "nadir", FusionView(DepthMap("nadir", depth, torch.ones(h, w))), cam, 0.1, torch.device("cpu")
+    )
+    return view, cam
+
+
+def test_pixel_footprint_is_the_analytic_spacing_of_neighbouring_rays_on_the_bed():
+    from aquamvs_core.stages.fusion.consistency import pixel_footprint_mm
+
+    f_px, height, depth = 800.0, 0.5, 0.45
+    view, cam = _nadir_view(f_px, height, depth)
+    # The neighbour's air ray leaves at angle a = atan(1/f) from the vertical, crosses the water
+    # height·tan(a) from the nadir and bends to sin(b) = sin(a) n_air / n_water; its point at the
+    # same ray depth lies depth·(sin b, cos b) beyond the crossing; the centre's point lies straight down.
+    depth = float(np.float32(depth))  # the depth as fusion holds it
+    a = math.atan(1.0 / f_px)
+    b = math.asin(math.sin(a) * cam.n_air / cam.n_water)
+    lateral = height * math.tan(a) + depth * math.sin(b)
+    vertical = depth - depth * math.cos(b)
+    expected_mm = math.hypot(lateral, vertical) * 1e3
+    assert pixel_footprint_mm(view) == pytest.approx(expected_mm, rel=1e-9)
+    # About (height + depth / n) / f: 1.05 mm a pixel here.
+    assert expected_mm == pytest.approx((height + depth / cam.n_water) / f_px * 1e3, rel=1e-4)
+    no_depth = prepare_view(
+        "none",
+        FusionView(DepthMap("none", torch.full((81, 101), math.nan), torch.ones(81, 101))),
+        cam,
+        0.1,
+        torch.device("cpu"),
+    )
+    assert math.isnan(pixel_footprint_mm(no_depth))
+
+
+def test_auto_pixel_stride_keeps_source_points_within_the_spacing(gt_scene):
+    from aquamvs_core.stages.fusion.consistency import auto_pixel_stride, pixel_footprint_mm
+
+    view, _ = _nadir_view(800.0, 0.5, 0.45)
+    fp = pixel_footprint_mm(view)
+    assert auto_pixel_stride(view, 0.5 * fp) == 1  # coarser pixels than the spacing: every pixel
+    assert auto_pixel_stride(view, 1.99 * fp) == 1
+    assert auto_pixel_stride(view, 2.01 * fp) == 2
+    assert auto_pixel_stride(view, 3.5 * fp) == 3
+    assert auto_pixel_stride(view, 100 * fp) == 8  # at most 8
+    # In fusion, per camera: the shared scene's 8 mm pixels keep stride 1 at a 2 mm spacing (the
+    # cloud is the default one), and a 20 mm spacing takes every second pixel of 8-9 mm pixels.
+    names = list(gt_scene.depth)
+    fp_scene = {
+        n: pixel_footprint_mm(
+            prepare_view(n, FusionView(gt_scene.depth[n]), gt_scene.cameras[n], 0.1, torch.device("cpu"))
+        )
+        for n in names
+    }
+    assert all(7.0 < v < 10.0 for v in fp_scene.values()), fp_scene
+    auto = fuse_depth_maps(gt_scene.depth, gt_scene.cameras, None, FusionConfig())
+    one = fuse_depth_maps(gt_scene.depth, gt_scene.cameras, None, FusionConfig(pixel_stride=1))
+    assert auto.stats["pixel_stride"] == {n: 1 for n in names}
+    np.testing.assert_array_equal(auto.points, one.points)
+    wide = fuse_depth_maps(gt_scene.depth, gt_scene.cameras, None, FusionConfig(source_spacing_mm=20.0))
+    assert wide.stats["pixel_stride"] == {n: 2 for n in names}
+    two = fuse_depth_maps(gt_scene.depth, gt_scene.cameras, None, FusionConfig(pixel_stride=2))
+    np.testing.assert_array_equal(wide.points, two.points)
+    with pytest.raises(pydantic.ValidationError):
+        FusionConfig(pixel_stride=9)
+    with pytest.raises(pydantic.ValidationError):
+        FusionConfig(pixel_stride="sometimes")

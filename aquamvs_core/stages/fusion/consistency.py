@@ -57,6 +57,47 @@ class SourcePoints:
         return int(self.cols.shape[1])
 
 
+#: Depth pixels sampled to measure a camera's footprint on the bed.
+FOOTPRINT_SAMPLES = 2048
+
+
+def pixel_footprint_mm(view: PreparedView, samples: int = FOOTPRINT_SAMPLES) -> float:
+    """Median distance (mm) between the world points of a pixel and of its right and lower
+    neighbours at the pixel's own ray depth: how far apart one pixel's neighbours sit on the bed.
+
+    Measured on up to ``samples`` pixels with a depth, evenly spread over them (exact refracted rays,
+    float64). NaN when the view has no depth."""
+    h, w = view.height, view.width
+    inner = torch.isfinite(view.planes[0])
+    inner[h - 1, :] = False
+    inner[:, w - 1] = False
+    flat_idx = torch.nonzero(inner.reshape(-1)).squeeze(1)
+    if flat_idx.numel() == 0:
+        return math.nan
+    pick = torch.linspace(0, flat_idx.numel() - 1, min(samples, flat_idx.numel()), device=flat_idx.device)
+    idx = flat_idx.index_select(0, pick.round().long())
+    pix = torch.stack([idx % w, idx // w], dim=1).to(torch.float64)
+    s = view.at_pixels(idx)[0].to(torch.float64).unsqueeze(1)
+    steps = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64, device=pix.device)
+    o, d, ok = view.camera.cast_ray(pix.unsqueeze(0) + steps.unsqueeze(1))  # (3, n, ...)
+    x = o + s.unsqueeze(0) * d
+    ok = ok.all(dim=0)
+    gaps = torch.stack([(x[1] - x[0]).norm(dim=-1), (x[2] - x[0]).norm(dim=-1)])[:, ok]
+    if gaps.numel() == 0:
+        return math.nan
+    return float(gaps.median()) * 1e3
+
+
+def auto_pixel_stride(view: PreparedView, source_spacing_mm: float, max_stride: int = 8) -> int:
+    """The largest source-pixel stride whose points stay within ``source_spacing_mm`` of each other
+    on the bed: ``floor(source_spacing_mm / footprint)`` (:func:`pixel_footprint_mm`), in
+    ``[1, max_stride]``; 1 when the footprint cannot be measured."""
+    footprint = pixel_footprint_mm(view)
+    if not math.isfinite(footprint) or footprint <= 0:
+        return 1
+    return int(min(max_stride, max(1, math.floor(source_spacing_mm / footprint))))
+
+
 def source_points(
     view: PreparedView, pixel_stride: int, tol_3d_mm: float, tol_rel: float, chunk: int
 ) -> tuple[SourcePoints, int]:

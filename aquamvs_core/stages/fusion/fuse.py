@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ from aquamvs_core.stages.fusion.cleanup import VoxelGrid, outliers_and_normals, 
 from aquamvs_core.stages.fusion.cloud import FusedCloud
 from aquamvs_core.stages.fusion.consistency import (
     Agreement,
+    auto_pixel_stride,
     check_witness,
     source_points,
     tile_boxes,
@@ -103,8 +105,14 @@ class FusionConfig(BaseModel):
         chunk_size: source points tested against a witness at once (bounds the temporaries: ~1 kB
             a point).
         pixel_stride: use every n-th pixel of every n-th row of each depth map as a source point
-            (witness maps are still read at full resolution). 2 quarters the work; with several
-            overlapping cameras the cloud stays denser than a 1-2 mm voxel grid.
+            (witness maps are still read at full resolution); 2 quarters the work. ``"auto"``: per
+            camera, the largest stride that keeps its source points within ``source_spacing_mm`` of
+            each other on the bed (:func:`~.consistency.auto_pixel_stride`): 1 at 640×480 on the
+            default rig (2.1 mm footprint), 2 at 1600×1200 (0.96 mm).
+        source_spacing_mm: the spacing of ``"auto"``, mm. Measured: source points 1.9 mm apart
+            (stride 2 at 1600×1200) cost 0.1 point of completeness and fusion took a third of the
+            time; 4.2 mm apart (stride 2 at 640×480) cost 1.4 points
+            (``benchmarks/results/frame_profile_rig1600_cpu.md``, ``profile_cpu.md``).
         threads: torch intra-op threads while fusing (None: leave torch's setting alone). One by
             default: the work is many small element-wise ops, which multi-threading on a small,
             busy CPU slows down many times over (measured 10-20x on 2 shared cores).
@@ -127,7 +135,8 @@ class FusionConfig(BaseModel):
     normal_neighbors: int = Field(30, ge=3, le=1000)
     normal_radius_mm: float | None = Field(None, gt=0.0)
     chunk_size: int = Field(1 << 16, ge=1024)
-    pixel_stride: int = Field(1, ge=1, le=8)
+    pixel_stride: Annotated[int, Field(ge=1, le=8)] | Literal["auto"] = "auto"
+    source_spacing_mm: float = Field(2.0, gt=0.0, le=100.0)
     threads: int | None = Field(1, ge=1)
     device: TorchDevice = "cpu"
     view_cache_mb: float = Field(768.0, ge=0.0)
@@ -144,10 +153,11 @@ def _camera_points(
     """Fused points whose source is camera ``src``: merged positions (n, 3) and the voxel
     attributes (weight and weighted point, colour, view direction; support), and counts."""
     me = views.get(src)
-    points, n_src = source_points(
-        me, config.pixel_stride, config.tol_3d_mm, config.tol_rel, config.chunk_size
-    )
-    counts = {"source_pixels": n_src, "witnesses": 0}
+    stride = config.pixel_stride
+    if stride == "auto":
+        stride = auto_pixel_stride(me, config.source_spacing_mm)
+    points, n_src = source_points(me, stride, config.tol_3d_mm, config.tol_rel, config.chunk_size)
+    counts = {"source_pixels": n_src, "witnesses": 0, "pixel_stride": stride}
     acc = Agreement(points)
     if len(points):
         used, corners = tile_boxes(points)
@@ -248,7 +258,14 @@ def fuse_views(
     missing = [n for n in names if n not in cameras]
     if missing:
         raise KeyError(f"depth maps of {missing} have no camera (cameras: {sorted(cameras)})")
-    stats = {"source_pixels": 0, "consistent": 0, "after_voxel": 0, "after_outliers": 0, "witnesses": 0}
+    stats: dict = {
+        "source_pixels": 0,
+        "consistent": 0,
+        "after_voxel": 0,
+        "after_outliers": 0,
+        "witnesses": 0,
+        "pixel_stride": {},
+    }
     grid = VoxelGrid(config.voxel_size_mm * 1e-3)
     budget = int(config.view_cache_mb * 2**20)
     with torch.no_grad(), torch_threads(config.threads):
@@ -257,6 +274,7 @@ def fuse_views(
             positions, attrs, counts = _camera_points(src, names, views, config)
             for k in ("source_pixels", "consistent", "witnesses"):
                 stats[k] += counts[k]
+            stats["pixel_stride"][src] = counts["pixel_stride"]
             grid.add(positions, attrs)
             del positions, attrs
         stats["view_loads"] = views.loads
