@@ -84,7 +84,7 @@ class PlaneSweepConfig(BaseModel):
     )
     hypothesis_batch: int = Field(32, ge=1, le=4096, description="planes evaluated at once")
     tile_elements: int = Field(
-        1 << 16, ge=1 << 10, description="samples per NCC tile (cache-sized; also bounds the memory)"
+        1 << 18, ge=1 << 10, description="samples per NCC tile (cache-sized; also bounds the memory)"
     )
 
     # --- confidence -------------------------------------------------------------------------------

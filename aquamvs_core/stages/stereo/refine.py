@@ -23,11 +23,9 @@ def fill_nan(z: torch.Tensor, iterations: int) -> torch.Tensor:
         finite = torch.isfinite(z)
         if bool(finite.all()) or not bool(finite.any()):
             break
-        w = finite.to(z.dtype)[None, None]
-        v = torch.where(finite, z, torch.zeros_like(z))[None, None]
-        s = F.avg_pool2d(v, 3, 1, 1, count_include_pad=False)[0, 0]
-        n = F.avg_pool2d(w, 3, 1, 1, count_include_pad=False)[0, 0]
-        z = torch.where(finite | (n == 0), z, s / n.clamp_min(1e-12))
+        stack = torch.stack([torch.where(finite, z, torch.zeros_like(z)), finite.to(z.dtype)])
+        s, n = window_sum(F.pad(stack, (1, 1, 1, 1)), 3)  # sums and counts of the finite neighbours
+        z = torch.where(finite | (n == 0), z, s / n.clamp_min(1.0))
     return z
 
 
@@ -93,8 +91,8 @@ def refine_surface(
     h, w = z.shape
     pad_w0 = torch.full((h + 2 * bw, w + 2 * bw, 2), OUTSIDE, dtype=z.dtype, device=z.device)
     pad_w0[bw : bw + h, bw : bw + w] = torch.where(seeded.unsqueeze(-1), w0, OUTSIDE)
-    pad_lin = F.pad(lin.permute(2, 0, 1), (bw,) * 4).permute(1, 2, 0)
-    pad_quad = F.pad(quad.permute(2, 0, 1), (bw,) * 4).permute(1, 2, 0)
+    pad_lin = F.pad(lin, (0, 0, bw, bw, bw, bw))
+    pad_quad = F.pad(quad, (0, 0, bw, bw, bw, bw))
     j = torch.arange(-rad, rad + 1, device=z.device, dtype=z.dtype).view(-1, 1, 1, 1)
 
     def grid_fn(sl: slice, rows: slice) -> torch.Tensor:
