@@ -114,8 +114,16 @@ def pinhole_with_jacobian(
     Returns the distorted coords (..., 2), the Jacobian (..., 2, 2) ``∂(x_d, y_d)/∂(x, y)`` and the
     rational denominator (...) (must stay positive for a meaningful model).
     """
+    xd, yd, jxx, cross, jyy, den = pinhole_parts(xy[..., 0], xy[..., 1], k)
+    jac = torch.stack([torch.stack([jxx, cross], -1), torch.stack([cross, jyy], -1)], -2)
+    return torch.stack([xd, yd], dim=-1), jac, den
+
+
+def pinhole_parts(x: torch.Tensor, y: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`pinhole_with_jacobian` on separate coordinate maps ``x``, ``y`` (...): returns
+    ``x_d, y_d, ∂x_d/∂x, ∂x_d/∂y (= ∂y_d/∂x), ∂y_d/∂y, den`` (each (...)), without stacking (for
+    loops over whole images, where building the (..., 2, 2) Jacobian costs as much as the model)."""
     k1, k2, p1, p2, k3, k4, k5, k6 = k.unbind(0)
-    x, y = xy[..., 0], xy[..., 1]
     r2 = x * x + y * y
     num = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
     den = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
@@ -129,8 +137,7 @@ def pinhole_with_jacobian(
     cross = xy2 * dc + 2 * p1 * x + 2 * p2 * y
     jxx = c + 2 * x * x * dc + 2 * p1 * y + 6 * p2 * x
     jyy = c + 2 * y * y * dc + 6 * p1 * y + 2 * p2 * x
-    jac = torch.stack([torch.stack([jxx, cross], -1), torch.stack([cross, jyy], -1)], -2)
-    return torch.stack([xd, yd], dim=-1), jac, den
+    return xd, yd, jxx, cross, jyy, den
 
 
 def fold_limit(dist_coeffs: ArrayLike | list[float], fisheye: bool) -> float:

@@ -38,6 +38,7 @@ from aquamvs_core.camera.distortion import (
     distort_with,
     fold_limit,
     normalized_to_pixels,
+    pinhole_parts,
     pinhole_with_jacobian,
     pixels_to_normalized,
     undistort_normalized,
@@ -130,20 +131,21 @@ class Lens:
         xy = working_tensor(initial)
         start = torch.isfinite(xy).all(dim=-1)
         xy = torch.where(start.unsqueeze(-1), xy, xw)
-        tol = 8 * torch.finfo(xw.dtype).eps * (1 + xw.abs().amax(dim=-1))
+        # Newton on the two coordinate maps separately (no (..., 2, 2) Jacobians: on a whole image
+        # building them cost as much as the model).
+        tx, ty = xw[..., 0], xw[..., 1]
+        tol = 8 * torch.finfo(xw.dtype).eps * (1 + torch.maximum(tx.abs(), ty.abs()))
+        x, y = xy[..., 0], xy[..., 1]
         for _ in range(polish_steps):
-            fx, jac, _ = pinhole_with_jacobian(xy, k)
-            res = fx - xw
-            a, b, c, d = jac[..., 0, 0], jac[..., 0, 1], jac[..., 1, 0], jac[..., 1, 1]
-            det = a * d - b * c
+            fx, fy, a, b, d, _ = pinhole_parts(x, y, k)  # the Jacobian is symmetric: b = c
+            rx, ry = fx - tx, fy - ty
+            det = a * d - b * b
             det = torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
-            xy = xy - torch.stack(
-                [d * res[..., 0] - b * res[..., 1], a * res[..., 1] - c * res[..., 0]], -1
-            ) / (det.unsqueeze(-1))
-        fx, jac, den = pinhole_with_jacobian(xy, k)
-        det = jac[..., 0, 0] * jac[..., 1, 1] - jac[..., 0, 1] * jac[..., 1, 0]
-        ok = start & ((fx - xw).norm(dim=-1) < tol) & (xy.norm(dim=-1) < self.fold) & (den > 0) & (det > 0)
-        ok = ok & torch.isfinite(xy).all(dim=-1)
+            x, y = x - (d * rx - b * ry) / det, y - (a * ry - b * rx) / det
+        fx, fy, a, b, d, den = pinhole_parts(x, y, k)
+        ok = start & (torch.hypot(fx - tx, fy - ty) < tol) & (torch.hypot(x, y) < self.fold)
+        ok = ok & (den > 0) & (a * d - b * b > 0) & torch.isfinite(x) & torch.isfinite(y)
+        xy = torch.stack([x, y], dim=-1)
         rest = torch.nonzero(~ok.reshape(-1)).squeeze(1)
         if rest.numel():
             flat_xy = xy.reshape(-1, 2).clone()
