@@ -174,6 +174,7 @@ def _sift_features(sift: cv2.SIFT, grey: np.ndarray) -> tuple[torch.Tensor, torc
     return points, desc_t / desc_t.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
+#: Per-image (keypoints, descriptors), and per-pair (matches, scores) of SIFT.
 FeatureCache = dict[Hashable, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -201,8 +202,8 @@ def match_sift(
 
     Detection runs on the grey images (at most ``config.max_keypoints`` keypoints each); descriptor
     matching runs on ``config.device``. Needs no weights. With ``feature_cache`` and ``keys`` (one
-    hashable per image, e.g. ``(frame, camera)``), each image's features are computed once.
-    """
+    hashable per image, e.g. ``(frame, camera)``), each image's features are computed once, and the
+    reverse pair's matches are reused (the mutual ratio test is symmetric)."""
     config = config or SparseMatchConfig(method="sift")
     check_image(img_a, "img_a")
     check_image(img_b, "img_b")
@@ -210,9 +211,18 @@ def match_sift(
     ka, kb = (("sift", config.max_keypoints, k) for k in keys) if keys else (None, None)
     kp_a, desc_a = cached_features(feature_cache, ka, lambda: _sift_features(sift, _to_grey(img_a)))
     kp_b, desc_b = cached_features(feature_cache, kb, lambda: _sift_features(sift, _to_grey(img_b)))
+    # Mutual ratio matching is symmetric: the pair (b, a) of a frame reuses (a, b)'s matches.
+    reverse = ("sift-matches", config.ratio, kb, ka) if keys else None
+    if feature_cache is not None and reverse in feature_cache:
+        m_ba, s_ba = feature_cache[reverse]
+        order = torch.argsort(m_ba[:, 1], stable=True)  # the order a direct match would have
+        return Matches(kp_a, kp_b, m_ba[order][:, [1, 0]], s_ba[order])
     device = torch.device(config.device)
     matches, scores = mutual_ratio_match(desc_a.to(device), desc_b.to(device), config.ratio)
-    return Matches(kp_a, kp_b, matches.cpu(), scores.float().cpu())
+    matches, scores = matches.cpu(), scores.float().cpu()
+    if feature_cache is not None and keys:
+        feature_cache[("sift-matches", config.ratio, ka, kb)] = (matches, scores)
+    return Matches(kp_a, kp_b, matches, scores)
 
 
 # --------------------------------------------------------------------------------------------

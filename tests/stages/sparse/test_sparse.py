@@ -286,6 +286,28 @@ def test_mutual_ratio_match_semantics():
     assert empty.shape == (0, 2) and empty_scores.shape == (0,)
 
 
+def test_the_reverse_pair_reuses_the_matches_exactly():
+    img_a, img_b = _warped_pair(320, 240)
+    cfg = SparseMatchConfig(method="sift", max_keypoints=2000)
+    cache: dict = {}
+    forward = match_sift(img_a, img_b, cfg, cache, ("a", "b"))
+    reused = match_sift(img_b, img_a, cfg, cache, ("b", "a"))
+    direct = match_sift(img_b, img_a, cfg)  # computed from scratch
+    assert len(forward) >= 50
+    assert torch.equal(reused.matches, direct.matches)
+    torch.testing.assert_close(reused.scores, direct.scores, rtol=0, atol=1e-6)
+    torch.testing.assert_close(reused.keypoints_a, direct.keypoints_a)
+    # The reverse pair is the forward pair with its columns swapped.
+    assert sorted(map(tuple, reused.matches[:, [1, 0]].tolist())) == sorted(
+        map(tuple, forward.matches.tolist())
+    )
+    # Another ratio is another matching.
+    other = match_sift(
+        img_b, img_a, SparseMatchConfig(method="sift", max_keypoints=2000, ratio=0.6), cache, ("b", "a")
+    )
+    assert len(other) < len(direct)
+
+
 def test_sift_matches_follow_a_known_warp():
     img_a, img_b = _warped_pair(320, 240)
     m = match_sift(img_a, img_b, SparseMatchConfig(method="sift", max_keypoints=2000))
