@@ -544,6 +544,7 @@ def render(before: dict, after: dict) -> str:
             f"- **Before:** {before['label']} (commit {before['commit']}), {before['date']}. Runs: {_runs_line(before)}.",
             f"- **After:** {after['label']} (commit {after['commit']}), {after['date']}. Runs: {_runs_line(after)}.",
             "- Tables: the median run of each (of two, the faster).",
+            *([f"- Order of the runs: {before['order']}."] if before.get("order") else []),
             "",
             *summary,
             "",
