@@ -105,7 +105,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quality": {
         "matching": {"max_keypoints": 8192},
         "plane_sweep": _changed(SWEEP_PRESETS["quality"]),
-        "fusion": {"voxel_size_mm": 0.75},
+        # Every source pixel at any resolution (the auto stride takes every second one from
+        # 1600×1200 up: a third of fusion's time there, 0.1 point of completeness).
+        "fusion": {"voxel_size_mm": 0.75, "pixel_stride": 1},
     },
 }
 
