@@ -13,6 +13,7 @@ from aquamvs_assets.resources import ReconstructionSettings, ZarrStoreResource
 from aquamvs_core import steps
 from aquamvs_core.evaluation.quality import quality_report
 from aquamvs_core.preview import height_map_preview
+from aquamvs_core.stages.mesh import is_watertight
 from aquamvs_core.survey import Product
 
 QUALITY_CHECK = "reconstruction_quality"
@@ -122,7 +123,7 @@ def build_surface_assets(
                 "vertices": len(result.vertices),
                 "triangles": len(result.triangles),
                 "method": config.mesh.method,
-                "watertight": bool(result.is_watertight()),
+                "watertight": is_watertight(result),
             },
             check_results=check_results,
         )

@@ -256,3 +256,27 @@ def test_mesh_config_is_validated(scene):
         MeshConfig(target_triangles=0)
     with pytest.raises(ValueError, match="cannot mesh"):
         build_mesh(FusedCloud.empty())
+
+
+def test_is_watertight_agrees_with_open3d_and_answers_open_surfaces_at_once():
+    import open3d as o3d
+
+    from aquamvs_core.stages.mesh import boundary_edges, is_watertight
+
+    sphere = o3d.geometry.TriangleMesh.create_sphere(radius=1.0, resolution=12)
+    assert boundary_edges(sphere) == 0
+    assert is_watertight(sphere) is True and sphere.is_watertight()
+    # A grid of 3×3 cells (18 triangles) has a rim of 12 edges.
+    xs, ys = np.meshgrid(np.arange(4.0), np.arange(4.0))
+    vertices = np.c_[xs.ravel(), ys.ravel(), np.zeros(16)]
+    quads = [(r * 4 + c, r * 4 + c + 1, (r + 1) * 4 + c) for r in range(3) for c in range(3)]
+    quads += [(r * 4 + c + 1, (r + 1) * 4 + c + 1, (r + 1) * 4 + c) for r in range(3) for c in range(3)]
+    grid = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(quads))
+    assert boundary_edges(grid) == 12
+    assert is_watertight(grid) is False and not grid.is_watertight()
+    # A sphere with one triangle removed has a rim of 3 edges.
+    holed = o3d.geometry.TriangleMesh(
+        sphere.vertices, o3d.utility.Vector3iVector(np.asarray(sphere.triangles)[1:])
+    )
+    assert boundary_edges(holed) == 3 and is_watertight(holed) is False and not holed.is_watertight()
+    assert boundary_edges(o3d.geometry.TriangleMesh()) == 0
