@@ -112,7 +112,10 @@ def _install_hooks(tracer: Tracer) -> None:
         "camera_depths_step",
         "fused_cloud_step",
         "mesh_step",
+        "heightfield_step",
         "export_frame",
+        "export_heightfield",
+        "export_changes",
     ):
         tracer.wrap(steps, name, f"step: {name.removesuffix('_step')}", "stage")
     try:  # the ingestion asset imported its steps by name
@@ -417,7 +420,12 @@ GROUPS = (
     ("camera depths", lambda n: n == "step: camera_depths"),
     ("fusion", lambda n: n == "step: fused_cloud"),
     ("mesh", lambda n: n == "step: mesh"),
+    ("heightfield", lambda n: n == "step: heightfield"),
     ("export (PLY files)", lambda n: n == "step: export_frame"),
+    (
+        "export (heightfield, change files)",
+        lambda n: n in ("step: export_heightfield", "step: export_changes"),
+    ),
     ("teardown", lambda n: n.startswith("teardown")),
 )
 
