@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aquamvs_core.evaluation.profiling import machine_info  # noqa: E402
 from aquamvs_core.stages.stereo.config import PlaneSweepConfig  # noqa: E402
 from aquamvs_core.stages.stereo.plane_sweep import sweep_pair  # noqa: E402
 from aquamvs_core.steps.common import StoreCameras  # noqa: E402
@@ -39,16 +39,6 @@ from aquamvs_core.store import SurveyStore  # noqa: E402
 def _spin(stop: mp.Event) -> None:
     while not stop.is_set():
         pass
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -84,6 +74,7 @@ def main() -> int:
         )
         return time.perf_counter() - t0
 
+    machine = machine_info()  # before the busy processes start
     rows = []
     for busy in args.busy:
         stop = mp.Event()
@@ -109,7 +100,7 @@ def main() -> int:
         "",
         f"[`benchmarks/threads_under_load.py`](../threads_under_load.py) on `{args.store}`, frame "
         f"{args.frame}, pair {args.pair} ({w}×{h}), balanced sweep settings; {args.repeat} runs per "
-        f"setting after a warm-up. Machine: **{_cpu_model()}**, {os.cpu_count()} cores; "
+        f"setting after a warm-up. Machine: **{machine['cpu']}**, {machine['cores']} cores; "
         f'{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "busy": processes spinning on the CPU beside the '
         "sweep (other users of a shared workstation); load: 1-minute load average at the end.",
         "",

@@ -23,9 +23,7 @@ def fill_nan(z: torch.Tensor, iterations: int) -> torch.Tensor:
         finite = torch.isfinite(z)
         if bool(finite.all()) or not bool(finite.any()):
             break
-        stack = torch.stack([torch.where(finite, z, torch.zeros_like(z)), finite.to(z.dtype)])
-        s, n = window_sum(F.pad(stack, (1, 1, 1, 1)), 3)  # sums and counts of the finite neighbours
-        z = torch.where(finite | (n == 0), z, s / n.clamp_min(1.0))
+        z = torch.where(finite, z, smooth_surface(z, 3))  # NaN where no neighbour is finite
     return z
 
 
