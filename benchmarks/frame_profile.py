@@ -7,6 +7,7 @@ Usage (from the repository root)::
     python benchmarks/frame_profile.py run [--survey .data/demo] [--preset balanced] [--frames 0]
         [--repeat 2] [--code DIR] [--label after] [--config overrides.yaml] [--json benchmarks/results/frame_profile_after.json]
     python benchmarks/frame_profile.py render --before B.json --after A.json --out benchmarks/results/frame_profile_cpu.md
+    python benchmarks/frame_profile.py ab --before-code /tmp/checkout-of-d1bf278 [--rounds 2]
 
 ``run`` starts ``python -m aquamvs_assets.cli reconstruct CALIBRATION VIDEOS OUT --preset P --frames F``
 in a child process whose ``main`` is wrapped by timing hooks (this file, ``child`` mode): functions of
@@ -510,6 +511,40 @@ def _header(result: dict, what: str) -> list[str]:
     ]
 
 
+def interleaved(args: argparse.Namespace) -> tuple[dict, dict]:
+    """``args.rounds`` rounds of one 'before' run (``args.before_code``) then one 'after' run (this
+    checkout), so that both sides see the same drift of a shared host; writes both JSON files."""
+    sides = {
+        "before": (str(Path(args.before_code).resolve()), args.before_json),
+        "after": (None, args.after_json),
+    }
+    results: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for side, (code, _) in sides.items():
+            one = argparse.Namespace(
+                survey=args.survey,
+                preset=args.preset,
+                frames=args.frames,
+                repeat=1,
+                code=code,
+                label=f"{side}: {_commit(Path(code) if code else ROOT)}",
+                pair_neighbours=None,
+                config=None,
+                json=None,
+            )
+            res = run_profile(one)
+            if side in results:
+                results[side]["runs"] += res["runs"]
+            else:
+                results[side] = {
+                    **res,
+                    "order": "interleaved with the other side: before, after, before, after",
+                }
+    for side, (_, path) in sides.items():
+        Path(path).write_text(json.dumps(results[side], indent=1))
+    return results["before"], results["after"]
+
+
 def render(before: dict, after: dict) -> str:
     rb, ra = _median_run(before), _median_run(after)
     gb, ga = grouped(rb), grouped(ra)
@@ -649,6 +684,17 @@ def main() -> int:
     )
     r.add_argument("--config", default=None, help="YAML of configuration overrides (reconstruct --config)")
     r.add_argument("--json", default=None)
+    b = sub.add_parser("ab", help="before and after interleaved (B A B A ...), then render")
+    b.add_argument("--before-code", required=True, help="checkout of the 'before' commit")
+    b.add_argument("--survey", default=str(ROOT / ".data" / "demo"))
+    b.add_argument("--preset", default="balanced")
+    b.add_argument("--frames", default="0")
+    b.add_argument("--rounds", type=int, default=2)
+    b.add_argument(
+        "--before-json", default=str(ROOT / "benchmarks" / "results" / "frame_profile_before.json")
+    )
+    b.add_argument("--after-json", default=str(ROOT / "benchmarks" / "results" / "frame_profile_after.json"))
+    b.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frame_profile_cpu.md"))
     d = sub.add_parser("render")
     d.add_argument("--before", required=True)
     d.add_argument("--after", required=True)
@@ -664,6 +710,12 @@ def main() -> int:
     if args.mode == "run":
         result = run_profile(args)
         print("\n".join(_table(result)))
+        return 0
+    if args.mode == "ab":
+        before, after = interleaved(args)
+        text = render(before, after)
+        Path(args.out).write_text(text)
+        print(text)
         return 0
     if args.mode == "render-rig":
         text = render_rig([json.loads(Path(p).read_text()) for p in args.runs], args.title)
