@@ -23,6 +23,7 @@ from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher, Survey
 from aquamvs_assets.scaleout import TRANSIENT_RETRY, executor_from_env
 from aquamvs_assets.sensors import build_sensors
 from aquamvs_core.camera.calibration import load_calibration
+from aquamvs_core.runtime import tune_allocator
 from aquamvs_core.stages.pairs import survey_pairs
 from aquamvs_core.survey import SurveyError, is_url, load_survey_spec
 
@@ -54,7 +55,11 @@ def build_definitions(
 
     The executor comes from the environment (:mod:`aquamvs_assets.scaleout`): in-process by
     default, Celery workers with ``AQUAMVS_EXECUTOR=celery``.
+
+    Every process that loads the definitions (the CLI, a code server, each step worker) also gets
+    the allocator setting of :func:`aquamvs_core.runtime.tune_allocator`.
     """
+    tune_allocator()
     spec = load_survey_spec(survey_file)
     if reconstruction is None:
         try:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from aquamvs_core.config import ReconstructionConfig
-from aquamvs_core.files import atomic_path
+from aquamvs_core.files import atomic_path, atomic_write_npz
 from aquamvs_core.stages.bed_grid import BedGrid, ground_sampling_distance, window_psf_sigma
 from aquamvs_core.stages.change import VOLUME_KEYS, BedChange, change_rows, compute_change
 from aquamvs_core.stages.heightfield import Heightfield, build_heightfield, survey_grid_for
@@ -267,12 +267,6 @@ def change_summary_step(store: SurveyStore, frames: Sequence[str] | None = None)
 # --------------------------------------------------------------------------------------------
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez_compressed(f, **arrays)
-    return path
-
-
 def export_heightfield(store: SurveyStore, frame: str, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/frame_NNNNNN/heightfield.npz`` (atomically): ``x`` (nx,), ``y`` (ny,), ``z``
     (ny, nx) world metres, Z down, NaN where unknown, ``z[j, i]`` at ``(x[i], y[j])``; also ``sigma``
@@ -287,7 +281,7 @@ def export_heightfield(store: SurveyStore, frame: str, out_dir: str | Path) -> P
         "count": bed.count,
         "cameras": bed.cameras,
     }
-    return _save_npz(path, arrays)
+    return atomic_write_npz(path, arrays)
 
 
 def export_changes(
@@ -314,7 +308,7 @@ def export_changes(
             "dz": change.dz.astype(np.float64),
             "lod": change.lod.astype(np.float64),
         }
-        written.append(_save_npz(folder / name, arrays))
+        written.append(atomic_write_npz(folder / name, arrays))
         for row in change_rows(change, config.change.regions):
             rows.append({"from_frame": frame_index(earlier), "to_frame": frame_index(frame), **row})
     table = pd.DataFrame(rows, columns=["from_frame", "to_frame", "region", *VOLUME_KEYS])

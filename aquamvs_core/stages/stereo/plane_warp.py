@@ -139,23 +139,26 @@ class WarpField:
         c = c / f * scale
         c[:, :, 0] = c[:, :, 0] + ((0.5 / f - 0.5 + pad) * scale - 1.0)
         c = torch.nan_to_num(c, nan=0.0).to(dtype)
-        # Separable cubic interpolation as two matrix products: along u, then along v.
-        mu = lagrange_matrix(xs, self.stride, nu).to(dtype)  # (W_l, Nu)
-        mv = lagrange_matrix(ys, self.stride, nv).to(dtype)  # (H_l, Nv)
-        k = deg1 * 2
-        along_u = (c.permute(0, 2, 3, 1).reshape(nv * k, nu) @ mu.T).reshape(nv, k, -1)  # (Nv, K, W_l)
-        maps = (mv @ along_u.reshape(nv, -1)).reshape(len(ys), deg1, 2, len(xs))  # (H_l, deg+1, 2, W_l)
-        maps = maps.permute(1, 0, 3, 2)  # (deg+1, H_l, W_l, 2)
-        bad_l = (mv.abs() @ bad.to(dtype) @ mu.abs().T) > 0  # (H_l, W_l)
-        # Invalid nodes and the border: constant OUTSIDE (clamped onto the NaN padding → NaN samples).
-        hb, wb = len(ys) + 2 * border, len(xs) + 2 * border
-        out = torch.zeros((deg1, hb, wb, 2), dtype=dtype, device=device)
-        out[0] = OUTSIDE
-        inner = (slice(border, border + len(ys)), slice(border, border + len(xs)))
-        out[:, inner[0], inner[1]] = maps
-        keep = ~bad_l[:, :, None]
-        out[0, inner[0], inner[1]] = torch.where(keep, maps[0], torch.full_like(maps[0], OUTSIDE))
-        out[1:, inner[0], inner[1]] = torch.where(keep, maps[1:], torch.zeros_like(maps[1:]))
+        # Separable cubic interpolation as two matrix products, along u then along v, with the
+        # Lagrange matrices padded by zero rows for the border, so that the product is written once,
+        # directly in the layout of the result (deg+1, H_l + 2b, W_l + 2b, 2).
+        hl, wl = len(ys), len(xs)
+        hb, wb = hl + 2 * border, wl + 2 * border
+        mu = torch.zeros((wb, nu), dtype=dtype, device=device)
+        mu[border : border + wl] = lagrange_matrix(xs, self.stride, nu).to(dtype)
+        mv = torch.zeros((hb, nv), dtype=dtype, device=device)
+        mv[border : border + hl] = lagrange_matrix(ys, self.stride, nv).to(dtype)
+        along_u = torch.einsum("vudc,wu->dvwc", c, mu).reshape(deg1, nv, wb * 2)  # (deg+1, Nv, W_b·2)
+        out = torch.matmul(mv, along_u).view(deg1, hb, wb, 2)  # zero on the border
+        # The border and the pixels that depend on an invalid node: constant OUTSIDE (clamped onto the
+        # NaN padding → NaN samples), derivatives 0.
+        if border > 0:
+            for strip in (out[0, :border], out[0, -border:], out[0, :, :border], out[0, :, -border:]):
+                strip.fill_(OUTSIDE)
+        bad_l = (mv.abs() @ bad.to(dtype) @ mu.abs().T) > 0  # (H_b, W_b); the border rows are 0
+        if bool(bad_l.any()):
+            out[0].masked_fill_(bad_l.unsqueeze(-1), OUTSIDE)
+            out[1:].masked_fill_(bad_l[None, :, :, None], 0.0)
         return LevelWarp(
             field=self,
             level=level,
@@ -239,11 +242,13 @@ class LevelWarp:
         f = self.field
         tau = 1.0 / (f.h + (z - f.water_z) * f.k)
         t = ((f.tau_c - tau) / f.tau_h).to(c.dtype).unsqueeze(-1).expand_as(c[0]).contiguous()
-        # Horner with derivatives: p = P(t), d1 = P'(t), d2 = P''(t) / 2.
-        p = c[deg].clone()
-        d1 = torch.zeros_like(p)
-        d2 = torch.zeros_like(p)
-        for n in range(deg - 1, -1, -1):
+        # Horner with derivatives: p = P(t), d1 = P'(t), d2 = P''(t) / 2 (the first step, from
+        # d1 = d2 = 0, written out).
+        if deg == 0:
+            p, d1, d2 = c[0].clone(), torch.zeros_like(c[0]), torch.zeros_like(c[0])
+        else:
+            p, d1, d2 = torch.addcmul(c[deg - 1], c[deg], t), c[deg], torch.zeros_like(c[0])
+        for n in range(deg - 2, -1, -1):
             if order >= 2:
                 d2 = torch.addcmul(d1, d2, t)
             if order >= 1:
