@@ -50,13 +50,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compresslevel: int = 1) -> Path:
+def atomic_write_npz(
+    path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compresslevel: int = 1
+) -> Path:
     """Write ``arrays`` to ``path`` as a compressed ``.npz`` (what :func:`numpy.load` reads), atomically;
     returns ``path``. Deflate level 1 instead of :func:`numpy.savez_compressed`'s 6: on a 1600×1200
     rig's heightfield (164 MB of arrays) 1.3 s instead of 4.7 s, for a file 4 % larger (47 MB)."""
-    with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as zf:
-            for name, value in arrays.items():
-                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    deflate = {"compression": zipfile.ZIP_DEFLATED, "compresslevel": compresslevel}
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", **deflate) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
     return Path(path)
