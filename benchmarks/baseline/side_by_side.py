@@ -39,7 +39,8 @@ import run_aquamvs_1_7_3 as anchor  # noqa: E402
 
 OUR_DENSE = ("pairwise_depths", "camera_depths", "fused_cloud", "mesh")
 OLD_DENSE = ("depth_estimation", "fusion", "surface_reconstruction")
-PROFILE_LINE = re.compile(r" - (\w+) - profile: wall ([0-9.]+) s")
+#: A step's ``--profile`` line; the step key is ``<survey prefix>__<asset>``.
+PROFILE_LINE = re.compile(r" - (?:\w+__)?(\w+) - profile: wall ([0-9.]+) s")
 
 
 def _timed(cmd: list[str], env: dict, cwd: Path, log: Path) -> dict:
@@ -107,15 +108,19 @@ def run_ours(args: argparse.Namespace, work: Path, i: int) -> dict:
     ]
     log = work / f"ours_{i}.log"
     result = _timed(cmd, dict(os.environ, PYTHONPATH=str(REPO)), REPO, log)
+    result.update(_our_stages(log))
+    result["store"] = str(out / ".aquamvs" / "store.zarr")
+    return result
+
+
+def _our_stages(log: Path) -> dict:
+    """Stage wall times of one ``reconstruct --profile`` log, and their dense part."""
     stages: dict[str, float] = {}
     for line in log.read_text().splitlines():
         m = PROFILE_LINE.search(line)
         if m:
             stages[m.group(1)] = float(m.group(2))
-    result["dense_s"] = round(sum(stages.get(s, 0.0) for s in OUR_DENSE), 1)
-    result["stages_s"] = stages
-    result["store"] = str(out / ".aquamvs" / "store.zarr")
-    return result
+    return {"dense_s": round(sum(stages.get(s, 0.0) for s in OUR_DENSE), 1), "stages_s": stages}
 
 
 def score(args: argparse.Namespace, work: Path, ours: dict) -> dict:
@@ -168,10 +173,33 @@ def score(args: argparse.Namespace, work: Path, ours: dict) -> dict:
     }
 
 
+_CONV_PROBE = """
+import time, torch
+torch.set_num_threads({threads})
+x, k = torch.rand(1, 1, 480, 640), torch.ones(1, 1, 11, 11) / 121
+for _ in range(3):
+    torch.nn.functional.conv2d(x, k, padding=5)
+t = time.perf_counter()
+for _ in range(20):
+    torch.nn.functional.conv2d(x, k, padding=5)
+print((time.perf_counter() - t) / 20 * 1e3)
+"""
+
+
+def conv2d_ms(old_python: str, threads: int) -> float:
+    """Milliseconds of one 11×11 box ``conv2d`` on a 640×480 image in the anchor's venv: the call
+    its plane sweep is made of, whose speed has varied several-fold between machines."""
+    out = subprocess.run(
+        [old_python, "-c", _CONV_PROBE.format(threads=threads)], capture_output=True, text=True, check=True
+    )
+    return round(float(out.stdout.strip()), 1)
+
+
 def render(res: dict) -> str:
     a, b = res["anchor"], res["ours"]
     med_a, med_b = statistics.median(r["wall_s"] for r in a), statistics.median(r["wall_s"] for r in b)
     dense_a, dense_b = statistics.median(r["dense_s"] for r in a), statistics.median(r["dense_s"] for r in b)
+    cpu_a, cpu_b = statistics.median(r["user_s"] for r in a), statistics.median(r["user_s"] for r in b)
     rows = []
     for i, (ra, rb) in enumerate(zip(a, b, strict=True), 1):
         rows.append(
@@ -188,20 +216,26 @@ def render(res: dict) -> str:
         [
             "# Side by side: AquaMVS 1.7.3 and `aquamvs reconstruct`, whole processes (CPU)",
             "",
-            f"Produced by [`benchmarks/baseline/side_by_side.py`](../baseline/side_by_side.py) on {res['date']}: "
+            f"Produced by [`benchmarks/baseline/side_by_side.py`](../baseline/side_by_side.py) on {res['date']} "
+            f"(this project at {res.get('commit', '?')}): "
             f"the two programs run back to back in one session ({' '.join(res['order'])}), on the demo survey "
             f"(9 cameras: 8 ring + 1 fisheye auxiliary, 640×480), frame {res['frame']}, preset `{res['preset']}`, "
             "each timed from process start to exit.",
             f"Machine: **{m['cpu']}**, {m['cores']} cores, no GPU, shared with other users (load averages below). "
             f"AquaMVS 1.7.3 ran with {res['threads']} torch/OpenMP/OpenCV threads; ours with its defaults "
-            "(1 torch thread). AquaMVS 1.7.3's speed differs several-fold between processors (its 11×11 box "
-            "`conv2d` is far slower on AMD EPYC than on Intel Xeon): compare figures of one machine only.",
+            "(1 torch thread). AquaMVS 1.7.3's speed has differed several-fold between machines and sessions: "
+            "its plane sweep is made of 11×11 box `conv2d` calls on 640×480 images, measured at 160–370 ms "
+            f"each on such a machine in earlier sessions and at {res['anchor_conv2d_ms']} ms in this one "
+            "(in its venv, with its threads, right after the runs). Compare the two programs within one run only.",
             "",
             "| run | wall s (process) | dense stages s | user CPU s | peak RSS MB | load (1 min) |",
             "|---|---|---|---|---|---|",
             *rows,
             "",
             f"**Whole process: median {med_a:.1f} s (1.7.3) vs {med_b:.1f} s (ours): {med_a / med_b:.1f}× faster.**",
+            "",
+            f"CPU time (user: the work done, on however many cores): median {cpu_a:.0f} s vs "
+            f"{cpu_b:.0f} s, {cpu_a / cpu_b:.1f}×.",
             "",
             f"Dense stages only (each program's own stage timings; 1.7.3: plane sweep + fusion + Poisson and "
             f"colouring; ours: pairwise depths + camera depths + fusion + mesh, without Dagster, ingestion, "
@@ -237,9 +271,24 @@ def main() -> int:
     ap.add_argument("--old-python", default=anchor.DEFAULT_OLD_PY)
     ap.add_argument("--work", type=Path, default=Path("/tmp/aquamvs_side_by_side"))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "side_by_side_cpu.md")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-read the logs of an earlier run in --work and render its JSON again (no runs)",
+    )
     args = ap.parse_args()
     args.survey = args.survey.resolve()
     work = args.work
+    if args.render_only:
+        res = json.loads(args.out.with_suffix(".json").read_text())
+        for i, r in enumerate(res["ours"], 1):
+            r.update(_our_stages(work / f"ours_{i}.log"))
+        if "anchor_conv2d_ms" not in res:
+            res["anchor_conv2d_ms"] = conv2d_ms(args.old_python, args.threads)
+        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+        args.out.write_text(render(res))
+        print(args.out.read_text())
+        return 0
     work.mkdir(parents=True, exist_ok=True)
     copy = work / "survey"
     if not copy.exists():
@@ -258,6 +307,9 @@ def main() -> int:
         "frame": args.frame,
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
     }
     for i in range(1, args.pairs + 1):
         for who, fn in (("A", run_anchor), ("B", run_ours)):
@@ -269,6 +321,7 @@ def main() -> int:
                 f"{r['load_before']:.2f} → {r['load_after']:.2f}",
                 flush=True,
             )
+    res["anchor_conv2d_ms"] = conv2d_ms(args.old_python, args.threads)
     res["quality"] = score(args, work, res["ours"][0])
     from aquamvs_core.evaluation.profiling import machine_info
 

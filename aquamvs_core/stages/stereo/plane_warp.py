@@ -223,8 +223,8 @@ class LevelWarp:
         tt = t.to(c.dtype).view(-1, 1, 1, 1)
         acc = c[-1] * tt
         for n in range(c.shape[0] - 2, 0, -1):
-            acc = (acc + c[n]) * tt
-        return acc + c[0]
+            acc = torch.add(acc, c[n], out=acc).mul_(tt)  # (acc + c_n) t, in place
+        return acc.add_(c[0])
 
     def at_z(self, z: torch.Tensor) -> torch.Tensor:
         """Grid coordinates (H_l, W_l, 2) of per-pixel world Z ``z`` (H_l, W_l) (Horner's scheme);

@@ -83,14 +83,18 @@ def refine_surface(
     delta = torch.where(sens > 0, step_px / sens.clamp_min(1e-12), torch.full_like(sens, span))
     delta = delta.clamp(max=span / (2 * rad))
     dd = delta.unsqueeze(-1)
-    lin = d1 * dd
-    quad = d2 * (0.5 * dd * dd)
     bw = config.window // 2
     h, w = z.shape
-    pad_w0 = torch.full((h + 2 * bw, w + 2 * bw, 2), OUTSIDE, dtype=z.dtype, device=z.device)
-    pad_w0[bw : bw + h, bw : bw + w] = torch.where(seeded.unsqueeze(-1), w0, OUTSIDE)
-    pad_lin = F.pad(lin, (0, 0, bw, bw, bw, bw))
-    pad_quad = F.pad(quad, (0, 0, bw, bw, bw, bw))
+    # The Taylor terms on the reference grid padded by the window radius (border: OUTSIDE, 0, 0),
+    # each written once into its padded map.
+    padded = (h + 2 * bw, w + 2 * bw, 2)
+    inner = (slice(bw, bw + h), slice(bw, bw + w))
+    pad_w0 = torch.full(padded, OUTSIDE, dtype=z.dtype, device=z.device)
+    torch.where(seeded.unsqueeze(-1), w0, torch.tensor(OUTSIDE, dtype=z.dtype), out=pad_w0[inner])
+    pad_lin = torch.zeros(padded, dtype=z.dtype, device=z.device)
+    torch.mul(d1, dd, out=pad_lin[inner])
+    pad_quad = torch.zeros(padded, dtype=z.dtype, device=z.device)
+    torch.mul(d2, 0.5 * dd * dd, out=pad_quad[inner])
     j = torch.arange(-rad, rad + 1, device=z.device, dtype=z.dtype).view(-1, 1, 1, 1)
 
     def grid_fn(sl: slice, rows: slice) -> torch.Tensor:
