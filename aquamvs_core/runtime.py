@@ -55,10 +55,11 @@ def tune_allocator(trim_threshold_mb: int = 1024, mmap_threshold_mb: int = 32, t
 
     The stages allocate and free tensors of a few to a few tens of MB many thousand times a frame.
     By default glibc serves such blocks with ``mmap`` or returns them to the system when freed, so
-    every new tensor's pages fault in again: at 1600×1200 that was a sixth of a frame's time
-    (system time 37 of 227 s, ``benchmarks/results/frame_profile_rig1600_cpu.md``). Blocks up to
-    ``mmap_threshold_mb`` now come from the heap, which keeps up to ``trim_threshold_mb`` of free
-    memory instead of trimming it (the cost: up to that much more resident memory after a peak).
+    every new tensor's pages fault in again. Blocks up to ``mmap_threshold_mb`` now come from the
+    heap, which keeps up to ``trim_threshold_mb`` of free memory instead of trimming it. Measured on
+    a 1600×1200 frame (``benchmarks/results/frame_profile_rig1600_ab_cpu.md``, with the session's
+    other changes): system time 38–45 s → 15–17 s, peak RSS +180–240 MB, wall time within the
+    host's noise.
 
     Does nothing (returns False) on other C libraries, when the process already sets glibc's
     ``MALLOC_*`` variables, or under another allocator (``LD_PRELOAD``). Returns True when applied.
