@@ -261,6 +261,15 @@ def render(res: dict) -> str:
     )
 
 
+def _write(res: dict, out: Path) -> int:
+    """The JSON of the results, then its table (``out``), which is also printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    out.write_text(render(res))
+    print(out.read_text())
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--survey", type=Path, default=REPO / ".data" / "demo")
@@ -285,10 +294,7 @@ def main() -> int:
             r.update(_our_stages(work / f"ours_{i}.log"))
         if "anchor_conv2d_ms" not in res:
             res["anchor_conv2d_ms"] = conv2d_ms(args.old_python, args.threads)
-        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-        args.out.write_text(render(res))
-        print(args.out.read_text())
-        return 0
+        return _write(res, args.out)
     work.mkdir(parents=True, exist_ok=True)
     copy = work / "survey"
     if not copy.exists():
@@ -326,11 +332,7 @@ def main() -> int:
     from aquamvs_core.evaluation.profiling import machine_info
 
     res["machine"] = machine_info()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    args.out.write_text(render(res))
-    print(args.out.read_text())
-    return 0
+    return _write(res, args.out)
 
 
 if __name__ == "__main__":

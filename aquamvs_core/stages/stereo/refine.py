@@ -90,7 +90,7 @@ def refine_surface(
     padded = (h + 2 * bw, w + 2 * bw, 2)
     inner = (slice(bw, bw + h), slice(bw, bw + w))
     pad_w0 = torch.full(padded, OUTSIDE, dtype=z.dtype, device=z.device)
-    torch.where(seeded.unsqueeze(-1), w0, torch.tensor(OUTSIDE, dtype=z.dtype), out=pad_w0[inner])
+    torch.where(seeded.unsqueeze(-1), w0, w0.new_tensor(OUTSIDE), out=pad_w0[inner])
     pad_lin = torch.zeros(padded, dtype=z.dtype, device=z.device)
     torch.mul(d1, dd, out=pad_lin[inner])
     pad_quad = torch.zeros(padded, dtype=z.dtype, device=z.device)
