@@ -69,8 +69,16 @@ class ReconstructionConfig(BaseModel):
     torch_threads: int | None = Field(
         1,
         ge=1,
-        description="torch intra-op threads for the matching and plane-sweep steps (None: torch's default);"
-        " one is fastest on small shared CPUs and is what the benchmarks use",
+        description="torch intra-op threads for the matching steps, and for the plane sweep when it runs"
+        " one pair at a time (pair_workers 1; None: torch's default); one is fastest on small shared CPUs",
+    )
+    pair_workers: int | None = Field(
+        None,
+        ge=1,
+        description="plane-sweep pairs of a frame computed at once (and cameras combined from them), in"
+        " threads with one torch thread each"
+        " (None: the CPU cores this process may use, at most 4, and 1 on CUDA or the roma pathway); "
+        "each worker holds one pair's working memory",
     )
     use_auxiliary_sources: bool = Field(
         True, description="sweep each camera against the auxiliary cameras too (their pairs exist)"

@@ -44,12 +44,21 @@ T_CHILD = time.time()  # as early as possible in the child
 
 
 class Tracer:
-    """Nested spans (name, category, start, end) on one thread; self time = wall − hooked children."""
+    """Nested spans (name, category, start, end), one stack per thread; self time = wall − hooked
+    children of the same thread. Spans of other threads than the main one (the pair workers) are
+    marked ``worker``: they overlap, so they are reported apart, in thread-seconds."""
 
     def __init__(self):
         self.spans: list[dict] = []
-        self._stack: list[dict] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
         self.rss: list[tuple[float, float]] = []
+
+    @property
+    def _stack(self) -> list[dict]:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
 
     def wrap(self, owner, attr: str, name: str, category: str, label=None) -> None:
         fn = getattr(owner, attr, None)
@@ -58,20 +67,23 @@ class Tracer:
         tracer = self
 
         def wrapper(*args, **kwargs):
+            stack = tracer._stack
             span = {
                 "name": label(args, kwargs) if label else name,
                 "category": category,
                 "start": time.time(),
+                "worker": threading.current_thread() is not threading.main_thread(),
+                "parent": stack[-1]["id"] if stack else None,
             }
-            span["parent"] = tracer._stack[-1]["id"] if tracer._stack else None
-            span["id"] = len(tracer.spans)
-            tracer.spans.append(span)
-            tracer._stack.append(span)
+            with tracer._lock:
+                span["id"] = len(tracer.spans)
+                tracer.spans.append(span)
+            stack.append(span)
             try:
                 return fn(*args, **kwargs)
             finally:
                 span["end"] = time.time()
-                tracer._stack.pop()
+                stack.pop()
 
         wrapper._traced = True
         wrapper.__wrapped__ = fn
@@ -109,6 +121,7 @@ def _install_hooks(tracer: Tracer) -> None:
         "sparse_matches_step",
         "sparse_cloud_step",
         "pairwise_depths_step",
+        "sweep_frame_pairs",
         "roma_pairwise_depths_step",
         "camera_depths_step",
         "fused_cloud_step",
@@ -119,6 +132,9 @@ def _install_hooks(tracer: Tracer) -> None:
         "export_changes",
     ):
         tracer.wrap(steps, name, f"step: {name.removesuffix('_step')}", "stage")
+    import aquamvs_core.steps.depth as depth_steps  # sweep_frame_pairs calls its own module's step
+
+    tracer.wrap(depth_steps, "pairwise_depths_step", "step: pairwise_depths", "stage")
     try:  # the ingestion asset imported its steps by name
         import aquamvs_assets.assets.ingestion as ingestion_assets
 
@@ -241,11 +257,13 @@ def _peak(rss: list, start: float, end: float) -> float:
     return max(vals) if vals else float("nan")
 
 
-def summarise(trace: dict, wall: float, maxrss_mb: float) -> list[dict]:
-    """Rows (in order of first appearance): name, seconds (self time), calls, peak RSS MB."""
+def summarise(trace: dict, wall: float, maxrss_mb: float) -> tuple[list[dict], list[dict]]:
+    """Rows (in order of first appearance): name, seconds (self time), calls, peak RSS MB; and the
+    pair workers' rows (name, thread-seconds, calls), which overlap each other and the main rows."""
     m = trace["marks"]
     spans = _self_times(trace)
     rows: dict[str, dict] = {}
+    workers: dict[str, dict] = {}
 
     def add(name: str, seconds: float, start: float, end: float, calls: int = 1) -> None:
         row = rows.setdefault(
@@ -263,6 +281,11 @@ def summarise(trace: dict, wall: float, maxrss_mb: float) -> list[dict]:
     add("import cli", m["import_cli"], 0, 0)
     for s in spans:
         name = s["name"]
+        if s.get("worker"):  # overlapping spans of the pair workers: thread-seconds, apart
+            row = workers.setdefault(name, {"name": name, "thread_seconds": 0.0, "calls": 0})
+            row["thread_seconds"] += s["self"]
+            row["calls"] += 1
+            continue
         if s["category"] == "dagster run":
             name = f"{name} (Dagster, assets' own work)"
         elif name == "cli: main":
@@ -272,7 +295,7 @@ def summarise(trace: dict, wall: float, maxrss_mb: float) -> list[dict]:
     out = list(rows.values())
     for r in out:
         r["share"] = r["seconds"] / wall
-    return out
+    return out, list(workers.values())
 
 
 def run_profile(args: argparse.Namespace) -> dict:
@@ -317,7 +340,7 @@ def run_profile(args: argparse.Namespace) -> dict:
                 print(output[-4000:])
                 raise SystemExit(f"aquamvs reconstruct failed (status {status})")
             trace = json.loads(trace_path.read_text())
-            rows = summarise(trace, wall, usage.ru_maxrss / 1024)
+            rows, worker_rows = summarise(trace, wall, usage.ru_maxrss / 1024)
             run = {
                 "wall_s": round(wall, 2),
                 "user_s": round(usage.ru_utime, 2),
@@ -326,6 +349,7 @@ def run_profile(args: argparse.Namespace) -> dict:
                 "load_before": [round(x, 2) for x in load_before],
                 "load_after": [round(x, 2) for x in load_after],
                 "rows": rows,
+                "worker_rows": worker_rows,
             }
             if spec.get("ground_truth") and i == 0:
                 run["quality"] = score(
@@ -417,7 +441,10 @@ GROUPS = (
     ("store: writes", lambda n: n == "store: write"),
     ("sparse matches", lambda n: n == "step: sparse_matches"),
     ("sparse cloud", lambda n: n == "step: sparse_cloud"),
-    ("pairwise depths (plane sweep)", lambda n: n in ("step: pairwise_depths", "step: roma_pairwise_depths")),
+    (
+        "pairwise depths (plane sweep)",
+        lambda n: n in ("step: pairwise_depths", "step: sweep_frame_pairs", "step: roma_pairwise_depths"),
+    ),
     ("camera depths", lambda n: n == "step: camera_depths"),
     ("fusion", lambda n: n == "step: fused_cloud"),
     ("mesh", lambda n: n == "step: mesh"),
@@ -461,6 +488,10 @@ def _table(result: dict) -> list[str]:
     lines.append(
         f"| **whole process** | **{run['wall_s']:.1f}** | 100 % | | **{run['max_rss_mb']}** (kernel peak) |"
     )
+    for r in run.get("worker_rows", []):  # inside the rows above: pair workers, side by side
+        lines.append(
+            f"| in the pair workers: {r['name']} | {r['thread_seconds']:.2f} thread-s | | {r['calls']} | |"
+        )
     return lines
 
 

@@ -44,23 +44,22 @@ def build_depth_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list[dg.
             todo = steps.dense_pairs(survey_store, pairs, config)
             rows = []
 
-            def report(n: int, pair: CameraPair, s: dict) -> None:
+            def report(pair: CameraPair, s: dict) -> None:
                 rows.append({"pair": pair.key, **s})
                 context.log.info(
                     f"{frame} {pair.key}: {s['valid_fraction']:.1%} with depth, {s['seconds']:.1f} s"
-                    f"{' (reused)' if s.get('reused') else ''} ({n}/{len(todo)})"
+                    f"{' (reused)' if s.get('reused') else ''} ({len(rows)}/{len(todo)})"
                 )
 
             if config.pathway == "roma":
                 with roma.session(context.log) as session:  # one model for every pair of the frame
-                    for n, pair in enumerate(todo, start=1):
+                    for pair in todo:
                         s = steps.roma_pairwise_depths_step(
                             survey_store, frame, pair, config, session, session.settings, cams
                         )
-                        report(n, pair, s)
-            else:
-                for n, pair in enumerate(todo, start=1):
-                    report(n, pair, steps.pairwise_depths_step(survey_store, frame, pair, config, cams))
+                        report(pair, s)
+            else:  # steps.pair_workers(config) pairs at once, reported as they finish
+                steps.sweep_frame_pairs(survey_store, frame, todo, config, cams, on_done=report)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(steps.data_version(survey_store, Product.PAIRWISE_DEPTHS, frame)),
             metadata={

@@ -44,6 +44,7 @@ from aquamvs_core.camera.distortion import (
     undistort_normalized,
     working_tensor,
 )
+from aquamvs_core.runtime import SingleFlight
 
 #: Plain Newton steps from an interpolated starting point: its error, ~1e-5 of the normalized
 #: coordinates, falls to the float64 floor in two quadratically convergent steps (measured on the
@@ -181,21 +182,23 @@ GRID_CACHE_MB = 512.0
 
 _GRID_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _GRID_LOCK = threading.Lock()
+_GRID_SOLVING = SingleFlight()
 
 
 def _cached_grid(key: tuple, solve) -> torch.Tensor:
     """The grid under ``key``, solved by ``solve()`` when missing; least recently used grids are
     dropped beyond :data:`GRID_CACHE_MB`."""
-    with _GRID_LOCK:
-        if key in _GRID_CACHE:
-            _GRID_CACHE.move_to_end(key)
-            return _GRID_CACHE[key]
-    grid = solve()
-    with _GRID_LOCK:
-        _GRID_CACHE[key] = grid
-        held = sum(g.nbytes for g in _GRID_CACHE.values())
-        while len(_GRID_CACHE) > 1 and held > GRID_CACHE_MB * 2**20:
-            held -= _GRID_CACHE.popitem(last=False)[1].nbytes
+    with _GRID_SOLVING.hold(key):  # threads wanting the same grid wait for one solve
+        with _GRID_LOCK:
+            if key in _GRID_CACHE:
+                _GRID_CACHE.move_to_end(key)
+                return _GRID_CACHE[key]
+        grid = solve()
+        with _GRID_LOCK:
+            _GRID_CACHE[key] = grid
+            held = sum(g.nbytes for g in _GRID_CACHE.values())
+            while len(_GRID_CACHE) > 1 and held > GRID_CACHE_MB * 2**20:
+                held -= _GRID_CACHE.popitem(last=False)[1].nbytes
     return grid
 
 

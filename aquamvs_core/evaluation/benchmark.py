@@ -45,8 +45,7 @@ def profile_frame(
     with profiler.stage(sparse_cloud):
         steps.sparse_cloud_step(store, frame, pairs, config)
     with profiler.stage(pairwise_depths):
-        for p in dense_pairs:
-            steps.pairwise_depths_step(store, frame, p, config, cams)
+        steps.sweep_frame_pairs(store, frame, dense_pairs, config, cams)
     with profiler.stage(camera_depths):
         steps.camera_depths_step(store, frame, dense_pairs, config)
     with profiler.stage(fused_cloud):

@@ -49,10 +49,12 @@ from aquamvs_core.steps.depth import (
     PAIR_DEPTH_ARRAYS,
     camera_depth_maps,
     camera_depths_step,
+    pair_workers,
     pairwise_depths_step,
     read_pair_depth,
     read_roma_pair_depth,
     roma_pairwise_depths_step,
+    sweep_frame_pairs,
 )
 from aquamvs_core.steps.ingestion import (
     IngestedFrame,
@@ -106,6 +108,7 @@ __all__ = [
     "ingest_frames",
     "mesh_step",
     "mesh_to_arrays",
+    "pair_workers",
     "pairwise_depths_step",
     "provenance",
     "read_bed_change",
@@ -119,6 +122,7 @@ __all__ = [
     "sparse_cloud_step",
     "sparse_matches_step",
     "survey_grid",
+    "sweep_frame_pairs",
     "verify_frames",
     "write_calibration",
 ]

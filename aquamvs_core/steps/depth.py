@@ -5,14 +5,14 @@ combined (``camera_depths``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from aquamvs_core.config import ReconstructionConfig
-from aquamvs_core.runtime import torch_threads
+from aquamvs_core.runtime import default_workers, map_in_threads, torch_threads
 from aquamvs_core.stages.dense.correspondence_depth import (
     DenseMatcher,
     WarpPairDepth,
@@ -84,6 +84,42 @@ def pairwise_depths_step(
         ),
     )
     return summary
+
+
+def pair_workers(config: ReconstructionConfig) -> int:
+    """How many plane-sweep pairs run at once: ``config.pair_workers``, else
+    :func:`~aquamvs_core.runtime.default_workers` of the sweep's device, and one on the roma
+    pathway (one model)."""
+    if config.pair_workers is not None:
+        return config.pair_workers
+    return 1 if config.pathway == "roma" else default_workers(config.plane_sweep.device)
+
+
+def sweep_frame_pairs(
+    store: SurveyStore,
+    frame: str,
+    pairs: Sequence[CameraPair],
+    config: ReconstructionConfig,
+    cams: StoreCameras | None = None,
+    on_done: Callable[[CameraPair, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`pairwise_depths_step` of every pair of ``frame``, :func:`pair_workers` at a time (in
+    threads, see :func:`~aquamvs_core.runtime.map_in_threads`). ``on_done(pair, summary)`` is called
+    here, in the caller's thread, as each pair finishes (progress). Returns pair key → summary, in the
+    order of ``pairs``. Each pair's product is written atomically by its own step: a failure leaves
+    the finished pairs in the store and nothing half-written."""
+    cams = cams or StoreCameras.load(store)
+    workers = min(pair_workers(config), max(len(pairs), 1))
+    if workers > 1:  # one torch thread a worker (map_in_threads sets it; the steps must not change it)
+        config = config.model_copy(update={"torch_threads": 1})
+    summaries = {}
+    for pair, summary in map_in_threads(
+        lambda p: pairwise_depths_step(store, frame, p, config, cams), list(pairs), workers
+    ):
+        summaries[pair.key] = summary
+        if on_done is not None:
+            on_done(pair, summary)
+    return {p.key: summaries[p.key] for p in pairs}
 
 
 def _dense_inputs(store: SurveyStore, frame: str, pair: CameraPair) -> list[str]:
@@ -208,8 +244,9 @@ def camera_depths_step(
     by_ref: dict[str, list[CameraPair]] = {}
     for p in pairs:
         by_ref.setdefault(p.ref, []).append(p)
-    summary = {}
-    for ref, ref_pairs in by_ref.items():
+
+    def one_camera(ref: str) -> dict[str, Any]:
+        ref_pairs = by_ref[ref]
         path = product_path(Product.CAMERA_DEPTHS, frame, ref)
         inputs = [
             product_fingerprint(store, product_path(Product.PAIRWISE_DEPTHS, frame, p.key)) for p in ref_pairs
@@ -217,8 +254,7 @@ def camera_depths_step(
         method = ("roma", config.roma) if config.pathway == "roma" else ("sweep", config.plane_sweep)
         expected = fingerprint(Product.CAMERA_DEPTHS, inputs, *method)
         if (stored := reusable(store, path, expected)) is not None:
-            summary[ref] = {**stored["summary"], "reused": True}
-            continue
+            return {**stored["summary"], "reused": True}
         if config.pathway == "roma":
             combined = combine_warp_depths(
                 [read_roma_pair_depth(store, frame, p) for p in ref_pairs],
@@ -235,15 +271,18 @@ def camera_depths_step(
             "confidence": combined.confidence.cpu().numpy().astype(np.float32),
             "support": combined.support.cpu().numpy().astype(np.int32),
         }
-        summary[ref] = {"valid_fraction": round(float(np.isfinite(arrays["depth"]).mean()), 4)}
+        del combined
+        summary = {"valid_fraction": round(float(np.isfinite(arrays["depth"]).mean()), 4)}
         store.write_product(
             path,
             arrays,
-            provenance(
-                cams, frame, config, expected, summary[ref], camera=ref, pairs=[p.key for p in ref_pairs]
-            ),
+            provenance(cams, frame, config, expected, summary, camera=ref, pairs=[p.key for p in ref_pairs]),
         )
-    return summary
+        return summary
+
+    refs = list(by_ref)
+    done = dict(map_in_threads(one_camera, refs, min(pair_workers(config), max(len(refs), 1))))
+    return {ref: done[ref] for ref in refs}
 
 
 def camera_depth_maps(store: SurveyStore, frame: str) -> dict[str, DepthMap]:

@@ -167,6 +167,19 @@ def test_chunking_does_not_change_the_result(scene):
     np.testing.assert_array_equal(a.colors, b.colors)
 
 
+def test_workers_do_not_change_the_cloud(scene):
+    """Source cameras fused side by side (threads, a view cache that holds one camera, so views
+    are evicted and reloaded while others use them) give the cloud of one camera at a time, bit
+    for bit: each camera's points are merged in camera order."""
+    one = fuse_depth_maps(scene.depth, scene.cameras, scene.images, FusionConfig(workers=1))
+    tight = FusionConfig(workers=3, view_cache_mb=0.0)
+    three = fuse_depth_maps(scene.depth, scene.cameras, scene.images, tight)
+    assert len(one) > 1000
+    for name in ("points", "colors", "normals", "support"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(three, name), err_msg=name)
+    assert three.stats["view_loads"] >= len(scene.depth)
+
+
 def test_write_ply_is_atomic_and_round_trips(fused_gt, tmp_path):
     path = fused_gt.write_ply(tmp_path / "out" / "cloud.ply")
     assert path.is_file() and sorted(p.name for p in path.parent.iterdir()) == ["cloud.ply"]

@@ -43,6 +43,7 @@ below the millimetre tolerances); positions are summed in float64.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -53,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.camera.sampling import SampleMode
-from aquamvs_core.runtime import TorchDevice, torch_threads
+from aquamvs_core.runtime import TorchDevice, default_workers, map_in_threads, torch_threads
 from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.stages.fusion.cleanup import VoxelGrid, outliers_and_normals, spatial_order
 from aquamvs_core.stages.fusion.cloud import FusedCloud
@@ -113,9 +114,12 @@ class FusionConfig(BaseModel):
             (stride 2 at 1600×1200) cost 0.1 point of completeness and fusion took a third of the
             time; 4.2 mm apart (stride 2 at 640×480) cost 1.4 points
             (``benchmarks/results/frame_profile_rig1600_cpu.md``, ``profile_cpu.md``).
-        threads: torch intra-op threads while fusing (None: leave torch's setting alone). One by
-            default: the work is many small element-wise ops, which multi-threading on a small,
-            busy CPU slows down many times over (measured 10-20x on 2 shared cores).
+        threads: torch intra-op threads while fusing with one worker (None: leave torch's setting
+            alone). One by default: the work is many small element-wise ops, which multi-threading
+            on a small, busy CPU slows down many times over (measured 10-20x on 2 shared cores).
+        workers: source cameras fused at once, in threads with one torch thread each (None: the
+            CPU cores this process may use, at most 4, and 1 on a GPU). The cameras' points are
+            merged in camera order whatever the order they finish in, so the cloud is the same.
         device: torch device of the consistency test (the neighbour searches run on the CPU).
         view_cache_mb: prepared camera maps kept in memory at once, MB (20 bytes a pixel with an
             image: 38 MB for 1600×1200); more cameras than fit are reloaded when needed again.
@@ -138,6 +142,7 @@ class FusionConfig(BaseModel):
     pixel_stride: Annotated[int, Field(ge=1, le=8)] | Literal["auto"] = "auto"
     source_spacing_mm: float = Field(2.0, gt=0.0, le=100.0)
     threads: int | None = Field(1, ge=1)
+    workers: int | None = Field(None, ge=1)
     device: TorchDevice = "cpu"
     view_cache_mb: float = Field(768.0, ge=0.0)
 
@@ -268,17 +273,25 @@ def fuse_views(
     }
     grid = VoxelGrid(config.voxel_size_mm * 1e-3)
     budget = int(config.view_cache_mb * 2**20)
+    workers = config.workers or default_workers(config.device)
     with torch.no_grad(), torch_threads(config.threads):
         views = ViewCache(load, cameras, sizes, config.min_confidence, torch.device(config.device), budget)
-        for src in names:
-            positions, attrs, counts = _camera_points(src, names, views, config)
-            for k in ("source_pixels", "consistent", "witnesses"):
-                stats[k] += counts[k]
-            stats["pixel_stride"][src] = counts["pixel_stride"]
-            grid.add(positions, attrs)
-            del positions, attrs
+        done: dict[str, tuple] = {}
+        merged_upto = 0  # cameras are merged in order (the sums then do not depend on the workers)
+        one_camera = functools.partial(_camera_points, names=names, views=views, config=config)
+        for src, result in map_in_threads(one_camera, names, workers):
+            done[src] = result
+            while merged_upto < len(names) and names[merged_upto] in done:
+                name = names[merged_upto]
+                positions, attrs, counts = done.pop(name)
+                for k in ("source_pixels", "consistent", "witnesses"):
+                    stats[k] += counts[k]
+                stats["pixel_stride"][name] = counts["pixel_stride"]
+                grid.add(positions, attrs)
+                del positions, attrs
+                merged_upto += 1
         stats["view_loads"] = views.loads
-        del views
+        del one_camera, views
     merged = grid.means()
     del grid
     order = spatial_order(merged["wpos"] / merged["w"][:, 0:1], 1e-3)

@@ -15,6 +15,7 @@ read NaN whenever one of the four taps has none, which is the validity test itse
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.camera.sampling import image_tensor
+from aquamvs_core.runtime import SingleFlight
 from aquamvs_core.stages.depth_map import DepthMap
 
 
@@ -112,21 +114,34 @@ class ViewCache:
         self._load, self.cameras, self.sizes = load, cameras, sizes
         self._min_confidence, self._device, self._budget = min_confidence, device, budget_bytes
         self._views: OrderedDict[str, PreparedView] = OrderedDict()
+        self._lock, self._loading = threading.Lock(), SingleFlight()  # shared by fusion's workers
         self.loads = 0
 
+    def _cached(self, name: str) -> PreparedView | None:
+        with self._lock:
+            if name in self._views:
+                self._views.move_to_end(name)
+                return self._views[name]
+        return None
+
     def get(self, name: str) -> PreparedView:
-        if name in self._views:
-            self._views.move_to_end(name)
-            return self._views[name]
-        view = prepare_view(name, self._load(name), self.cameras[name], self._min_confidence, self._device)
-        expected = tuple(self.sizes[name])
-        if (view.height, view.width) != expected:
-            got = (view.height, view.width)
-            raise ValueError(f"camera {name!r}: depth map is {got} (H, W), expected {expected}")
-        self.loads += 1
-        self._views[name] = view
-        while len(self._views) > 1 and sum(v.nbytes for v in self._views.values()) > self._budget:
-            self._views.popitem(last=False)
+        if (view := self._cached(name)) is not None:
+            return view
+        with self._loading.hold(name):  # workers asking for the same camera wait for one load
+            if (view := self._cached(name)) is not None:
+                return view
+            view = prepare_view(
+                name, self._load(name), self.cameras[name], self._min_confidence, self._device
+            )
+            expected = tuple(self.sizes[name])
+            if (view.height, view.width) != expected:
+                got = (view.height, view.width)
+                raise ValueError(f"camera {name!r}: depth map is {got} (H, W), expected {expected}")
+            with self._lock:
+                self.loads += 1
+                self._views[name] = view
+                while len(self._views) > 1 and sum(v.nbytes for v in self._views.values()) > self._budget:
+                    self._views.popitem(last=False)  # a worker still using it keeps its reference
         return view
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +31,7 @@ from aquamvs_core.camera.calibration import CameraCalibration, Interface
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.camera.sampling import ArrayLike
 from aquamvs_core.camera.undistortion import build_undistortion_map, undistort_image
-from aquamvs_core.runtime import torch_threads
+from aquamvs_core.runtime import map_in_threads
 from aquamvs_core.stages.depth_map import CameraDepth
 from aquamvs_core.stages.stereo.config import PlaneSweepConfig
 from aquamvs_core.stages.stereo.plane_sweep import PairDepth, sweep_pair
@@ -177,11 +176,8 @@ def depth_for_camera(
             prepared[ref], prepared[src], rv.camera, sv.camera, None, None, config, z_range, names=(ref, src)
         )
 
-    if workers > 1 and len(sources) > 1:
-        with torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-            pairs = list(pool.map(one, sources))
-    else:
-        pairs = [one(s) for s in sources]
+    by_source = dict(map_in_threads(one, list(sources), workers))
+    pairs = [by_source[s] for s in sources]
     t0 = time.perf_counter()
     combined = combine_pair_depths(pairs, config, camera=ref)
     combined.timings = {"prepare": t_prepare, "combine": time.perf_counter() - t0}

@@ -71,6 +71,7 @@ import torch
 
 from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.camera.sampling import ArrayLike, pixel_grid
+from aquamvs_core.runtime import SingleFlight
 from aquamvs_core.stages.depth_map import fallback_z_range
 from aquamvs_core.stages.stereo.config import PlaneSweepConfig
 from aquamvs_core.stages.stereo.plane_warp import build_warp_field
@@ -131,6 +132,7 @@ def resolve_z_range(
 
 _DZ_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _DZ_LOCK = threading.Lock()
+_DZ_CASTING = SingleFlight()
 
 
 def _ray_dz(
@@ -138,13 +140,14 @@ def _ray_dz(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``d_z`` (H, W) of the refracted rays of every pixel and their validity (cached per camera)."""
     key = (w, h, str(device), dtype)
-    with _DZ_LOCK:
-        hit = _DZ_CACHE.get(cam, {}).get(key)
-    if hit is None:
-        _, directions, ok = cam.cast_ray(pixel_grid(w, h, device, dtype))
-        hit = (directions[..., 2].contiguous(), ok)
+    with _DZ_CASTING.hold((id(cam), key)):  # pairs of one camera in threads: one cast
         with _DZ_LOCK:
-            _DZ_CACHE.setdefault(cam, {})[key] = hit
+            hit = _DZ_CACHE.get(cam, {}).get(key)
+        if hit is None:
+            _, directions, ok = cam.cast_ray(pixel_grid(w, h, device, dtype))
+            hit = (directions[..., 2].contiguous(), ok)
+            with _DZ_LOCK:
+                _DZ_CACHE.setdefault(cam, {})[key] = hit
     return hit
 
 
