@@ -57,7 +57,8 @@ def build_definitions(
     default, Celery workers with ``AQUAMVS_EXECUTOR=celery``.
 
     Every process that loads the definitions (the CLI, a code server, each step worker) also gets
-    the allocator setting of :func:`aquamvs_core.runtime.tune_allocator`.
+    the allocator setting of :func:`aquamvs_core.runtime.tune_allocator` (already set when
+    :mod:`aquamvs_assets` was imported; repeating it is harmless).
     """
     tune_allocator()
     spec = load_survey_spec(survey_file)
