@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
@@ -59,8 +59,11 @@ def default_workers(device: str = "cpu") -> int:
     return min(available_cores(), MAX_DEFAULT_WORKERS)
 
 
-def map_in_threads(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[tuple[T, R]]:
-    """``(item, fn(item))`` for every item, ``workers`` items at a time, in the order they finish.
+def map_in_threads(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, in_order: bool = False
+) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` for every item, ``workers`` items at a time, in the order they finish
+    (``in_order``: in the order of ``items``, each as soon as it and those before it are done).
 
     With ``workers > 1`` each item runs in a worker thread with one torch intra-op thread: torch
     releases the GIL inside its kernels, so independent items (the pairs of a frame) run side by
@@ -76,13 +79,21 @@ def map_in_threads(fn: Callable[[T], R], items: Sequence[T], workers: int) -> It
             yield item, fn(item)
         return
     with torch_threads(1), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aquamvs") as pool:
-        pending = {pool.submit(fn, item): item for item in items}
+        futures = [pool.submit(fn, item) for item in items]
+        pending = dict(zip(futures, range(len(items)), strict=True))
+        finished: dict[int, R] = {}
+        next_out = 0
         try:
             while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    item = pending.pop(future)
-                    yield item, future.result()
+                    finished[pending.pop(future)] = future.result()
+                ready = sorted(finished) if not in_order else []
+                while in_order and next_out in finished:
+                    ready.append(next_out)
+                    next_out += 1
+                for i in ready:
+                    yield items[i], finished.pop(i)
         finally:  # a failure, or the caller stopped early: start nothing more
             for future in pending:
                 future.cancel()

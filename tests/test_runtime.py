@@ -113,6 +113,22 @@ def test_map_in_threads_runs_items_side_by_side_with_one_torch_thread():
     assert torch.get_num_threads() == before
 
 
+def test_map_in_threads_in_order_waits_for_the_earlier_items():
+    import time
+
+    from aquamvs_core.runtime import map_in_threads
+
+    def work(x: int) -> int:
+        time.sleep(0.02 * (5 - x))  # the last items finish first
+        return 10 * x
+
+    assert list(map_in_threads(work, list(range(5)), workers=3, in_order=True)) == [
+        (x, 10 * x) for x in range(5)
+    ]
+    finished = [x for x, _ in map_in_threads(work, list(range(5)), workers=5)]
+    assert sorted(finished) == list(range(5)) and finished != list(range(5))  # as they finish
+
+
 def test_map_in_threads_with_one_worker_runs_here_in_order():
     import threading
 

@@ -281,8 +281,7 @@ def camera_depths_step(
         return summary
 
     refs = list(by_ref)
-    done = dict(map_in_threads(one_camera, refs, min(pair_workers(config), max(len(refs), 1))))
-    return {ref: done[ref] for ref in refs}
+    return dict(map_in_threads(one_camera, refs, pair_workers(config), in_order=True))
 
 
 def camera_depth_maps(store: SurveyStore, frame: str) -> dict[str, DepthMap]:

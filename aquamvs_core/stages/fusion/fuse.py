@@ -276,20 +276,14 @@ def fuse_views(
     workers = config.workers or default_workers(config.device)
     with torch.no_grad(), torch_threads(config.threads):
         views = ViewCache(load, cameras, sizes, config.min_confidence, torch.device(config.device), budget)
-        done: dict[str, tuple] = {}
-        merged_upto = 0  # cameras are merged in order (the sums then do not depend on the workers)
         one_camera = functools.partial(_camera_points, names=names, views=views, config=config)
-        for src, result in map_in_threads(one_camera, names, workers):
-            done[src] = result
-            while merged_upto < len(names) and names[merged_upto] in done:
-                name = names[merged_upto]
-                positions, attrs, counts = done.pop(name)
-                for k in ("source_pixels", "consistent", "witnesses"):
-                    stats[k] += counts[k]
-                stats["pixel_stride"][name] = counts["pixel_stride"]
-                grid.add(positions, attrs)
-                del positions, attrs
-                merged_upto += 1
+        # Merged in camera order: the sums then do not depend on the workers.
+        for src, (positions, attrs, counts) in map_in_threads(one_camera, names, workers, in_order=True):
+            for k in ("source_pixels", "consistent", "witnesses"):
+                stats[k] += counts[k]
+            stats["pixel_stride"][src] = counts["pixel_stride"]
+            grid.add(positions, attrs)
+            del positions, attrs
         stats["view_loads"] = views.loads
         del one_camera, views
     merged = grid.means()

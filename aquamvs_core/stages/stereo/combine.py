@@ -176,8 +176,7 @@ def depth_for_camera(
             prepared[ref], prepared[src], rv.camera, sv.camera, None, None, config, z_range, names=(ref, src)
         )
 
-    by_source = dict(map_in_threads(one, list(sources), workers))
-    pairs = [by_source[s] for s in sources]
+    pairs = [pair for _, pair in map_in_threads(one, list(sources), workers, in_order=True)]
     t0 = time.perf_counter()
     combined = combine_pair_depths(pairs, config, camera=ref)
     combined.timings = {"prepare": t_prepare, "combine": time.perf_counter() - t0}
