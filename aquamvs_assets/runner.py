@@ -34,7 +34,13 @@ def register_frames(instance: dg.DagsterInstance, ns: SurveyNamespace, keys: Seq
     existing = set(instance.get_dynamic_partitions(ns.frames.name))
     new = [k for k in keys if k not in existing]
     if new:
-        instance.add_dynamic_partitions(ns.frames.name, new)
+        try:
+            instance.add_dynamic_partitions(ns.frames.name, new)
+        except Exception:  # another process added some of them in between (a unique-key error)
+            now = set(instance.get_dynamic_partitions(ns.frames.name))
+            if not set(new) <= now:
+                raise
+            return []  # registered, by the other process
     return new
 
 

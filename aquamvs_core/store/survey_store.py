@@ -4,6 +4,7 @@ group written under the commit protocol of :mod:`aquamvs_core.store.commit`."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -77,12 +78,7 @@ class SurveyStore:
         self._root = str(root)
         self._storage_options = dict(storage_options or {}) or None
         try:
-            self._group = zarr.open_group(
-                open_zarr_store(self._root, read_only, self._storage_options),
-                mode="r" if read_only else "a",
-                zarr_format=3,
-                use_consolidated=False,
-            )
+            self._group = _open_root_group(self._root, read_only, self._storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError) as exc:
             raise StoreError(
                 f"{self._root}: cannot open the Zarr store ({type(exc).__name__}: {exc})"
@@ -505,3 +501,24 @@ def _check_frame_attrs(key: str, index: int, attrs: Mapping[str, Any]) -> dict[s
     if "frame_index" in attrs and attrs["frame_index"] != index:
         raise ValueError(f"frame {key}: attrs frame_index {attrs['frame_index']!r} does not match the key")
     return json_attrs(attrs, f"frame {key}")
+
+
+def _open_root_group(
+    root: str, read_only: bool, storage_options: dict[str, Any] | None, attempts: int = 5
+) -> zarr.Group:
+    """The store's root group, created if missing (unless ``read_only``). Two processes creating a new
+    store at once (two runs of one frame): zarr raises ContainsGroupError in the slower one, which
+    then opens the group that the other made."""
+    for attempt in range(attempts):
+        try:
+            return zarr.open_group(
+                open_zarr_store(root, read_only, storage_options),
+                mode="r" if read_only else "a",
+                zarr_format=3,
+                use_consolidated=False,
+            )
+        except zarr.errors.ContainsGroupError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+    raise AssertionError("unreachable")
