@@ -347,7 +347,7 @@ def evaluate(args: argparse.Namespace) -> None:
     if seen_path.exists():
         seen = np.load(seen_path)
     else:
-        store = SurveyStore(str(Path(args.survey) / "store.zarr"), read_only=True)
+        store = SurveyStore(args.store or str(Path(args.survey) / "store.zarr"), read_only=True)
         cams = StoreCameras.load(store)
         rig = store.read_rig()
         t = time.perf_counter()
@@ -431,6 +431,11 @@ def main() -> None:
     ap.add_argument("--survey", default=str(DEFAULT_SURVEY))
     ap.add_argument("--work", default=str(DEFAULT_WORK))
     ap.add_argument("--survey-copy", default=None, help="(internal) copy of the survey inputs under --work")
+    ap.add_argument(
+        "--store",
+        default=None,
+        help="(evaluate) a store with the survey's cameras (default: SURVEY/store.zarr)",
+    )
     ap.add_argument(
         "--presets", nargs="+", default=["balanced", "fast"], choices=["fast", "balanced", "quality"]
     )

@@ -142,6 +142,8 @@ def score(args: argparse.Namespace, work: Path, ours: dict) -> dict:
             str(args.survey),
             "--survey-copy",
             str(work / "survey"),
+            "--store",
+            ours["store"],
             "--frame",
             str(args.frame),
         ],
@@ -328,7 +330,10 @@ def main() -> int:
                 flush=True,
             )
     res["anchor_conv2d_ms"] = conv2d_ms(args.old_python, args.threads)
+    partial = args.out.with_suffix(".timings.json")  # kept should the scoring fail
+    partial.write_text(json.dumps(res, indent=1))
     res["quality"] = score(args, work, res["ours"][0])
+    partial.unlink()
     from aquamvs_core.evaluation.profiling import machine_info
 
     res["machine"] = machine_info()
