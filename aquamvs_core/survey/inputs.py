@@ -4,11 +4,13 @@ opened together with the calibration as a :class:`Survey` that reads synchronise
 from __future__ import annotations
 
 import operator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from aquamvs_core.camera.calibration import Rig, load_calibration
+from aquamvs_core.runtime import available_cores
 from aquamvs_core.survey.sources import VIDEO_SUFFIXES, FrameSource, open_source
 from aquamvs_core.survey.spec import SurveyError, SurveySpec
 
@@ -97,10 +99,8 @@ class Survey:
         """
         rig = load_calibration(spec.calibration)
         inputs = discover_inputs(spec.inputs, rig.camera_names)
-        sources: dict[str, FrameSource] = {}
+        sources = _open_sources(inputs)
         try:
-            for cam, path in inputs.items():
-                sources[cam] = open_source(path)
             return cls(spec, rig, sources)
         except BaseException:
             for src in sources.values():
@@ -148,3 +148,19 @@ class Survey:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_sources(inputs: dict[str, Path]) -> dict[str, FrameSource]:
+    """Every camera's source, opened side by side in threads (opening a video decodes its first
+    frame; the decoders release the GIL), in ``inputs`` order. When one fails, the others are closed
+    and the first failure in camera order is raised."""
+    workers = max(1, min(len(inputs), available_cores()))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aquamvs-open") as pool:
+        futures = {cam: pool.submit(open_source, path) for cam, path in inputs.items()}
+    failed = next((f.exception() for f in futures.values() if f.exception() is not None), None)
+    if failed is not None:
+        for f in futures.values():
+            if f.exception() is None:
+                f.result().close()
+        raise failed
+    return {cam: f.result() for cam, f in futures.items()}

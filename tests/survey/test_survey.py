@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -355,3 +356,35 @@ def test_survey_unreadable_video(tmp_path, survey_aquacal_dict, frames_textured)
     (tmp_path / "inputs" / "cam1.mp4").write_bytes(b"\x00garbage" * 50)
     with pytest.raises(ValueError, match=r"cam1\.mp4"):
         Survey.open(spec)
+
+
+def test_sources_open_side_by_side_and_a_failure_closes_the_others(
+    tmp_path, survey_aquacal_dict, frames_textured, monkeypatch
+):
+    """The cameras' sources open in threads, each once, in camera order in the result; when two fail,
+    the first in camera order is raised and every source that did open is closed."""
+    frames = {cam: frames_textured(3, seed=k) for k, cam in enumerate(CAMERAS)}
+    spec = _make_survey(tmp_path, survey_aquacal_dict(CAMERAS), frames)
+    opened, threads = [], set()
+
+    def tracking_open_source(path):
+        threads.add(threading.current_thread().name)
+        opened.append(open_source(path))
+        return opened[-1]
+
+    monkeypatch.setattr(survey_mod, "open_source", tracking_open_source)
+    monkeypatch.setattr(survey_mod, "available_cores", lambda: 3)
+    with Survey.open(spec) as survey:
+        assert list(survey.sources) == CAMERAS
+        paths = [survey.sources[c].path for c in CAMERAS]
+        assert paths == [str(tmp_path / "inputs" / f"{c}.mp4") for c in CAMERAS]
+    assert len(opened) == 3 and threads and all(t.startswith("aquamvs-open") for t in threads)
+
+    opened.clear()
+    for cam in ("cam1", "cam2"):
+        (tmp_path / "inputs" / f"{cam}.mp4").write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(FrameSourceError, match=r"cam1\.mp4"):
+        Survey.open(spec)
+    assert len(opened) == 1  # cam0's
+    with pytest.raises(FrameSourceError, match="closed"):
+        opened[0].read(0)
