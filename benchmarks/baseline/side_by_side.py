@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def run_anchor(args: argparse.Namespace, work: Path, i: int) -> dict:
 
 def run_ours(args: argparse.Namespace, work: Path, i: int) -> dict:
     out = work / f"ours_{i}"
+    shutil.rmtree(out, ignore_errors=True)  # a store left by an earlier session would be reused
     cmd = [
         sys.executable,
         "-m",
