@@ -8,6 +8,7 @@ Usage (from the repository root)::
         [--repeat 2] [--code DIR] [--label after] [--config overrides.yaml] [--json benchmarks/results/frame_profile_after.json]
     python benchmarks/frame_profile.py render --before B.json --after A.json --out benchmarks/results/frame_profile_cpu.md
     python benchmarks/frame_profile.py ab --before-code /tmp/checkout-of-d1bf278 [--rounds 2]
+    python benchmarks/frame_profile.py plain --survey .data/rig1600 --repeat 2 --out benchmarks/results/frame_plain_rig1600_cpu.md
 
 ``run`` starts ``python -m aquamvs_assets.cli reconstruct CALIBRATION VIDEOS OUT --preset P --frames F``
 in a child process whose ``main`` is wrapped by timing hooks (this file, ``child`` mode): functions of
@@ -18,7 +19,8 @@ its wall time minus the hooked spans inside it, so the rows add up to the proces
 child's resident memory is sampled every 20 ms; the process peak comes from the kernel
 (``wait4``). The survey is generated first if missing and that is not timed (``aquamvs
 reconstruct`` would generate the built-in demo on import otherwise). Afterwards, outside the timing,
-the frame's fused cloud and mesh are scored against the survey's ground truth.
+the frame's fused cloud and mesh are scored against the survey's ground truth. ``plain`` runs the
+CLI as it is, with no hooks, for the wall time and peak memory a user sees.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -388,6 +391,103 @@ def run_profile(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_plain(args: argparse.Namespace) -> dict:
+    """``args.repeat`` runs of the real CLI (``python -m aquamvs_assets.cli reconstruct``, no hooks,
+    no memory sampler), each from an empty output folder, timed by the kernel (``wait4``: wall, user,
+    system, peak RSS); the first run's output is scored against the ground truth."""
+    survey_file = ensure_survey(Path(args.survey).resolve())
+    survey = survey_file.parent
+    import yaml
+
+    spec = yaml.safe_load(survey_file.read_text())
+    runs = []
+    for i in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="aquamvs-plain-") as tmp:
+            out = Path(tmp) / "out"
+            cmd = [
+                sys.executable,
+                "-m",
+                "aquamvs_assets.cli",
+                "reconstruct",
+                str(survey / spec["calibration"]),
+                str(survey / spec["inputs"]),
+                str(out),
+                "--preset",
+                args.preset,
+                "--frames",
+                args.frames,
+            ]
+            load_before = os.getloadavg()
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+            output = proc.stdout.read().decode(errors="replace")
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            if status != 0:
+                print(output[-4000:])
+                raise SystemExit(f"aquamvs reconstruct failed (status {status})")
+            run = {
+                "wall_s": round(wall, 2),
+                "user_s": round(usage.ru_utime, 2),
+                "sys_s": round(usage.ru_stime, 2),
+                "max_rss_mb": round(usage.ru_maxrss / 1024),
+                "load_before": [round(x, 2) for x in load_before],
+                "load_after": [round(x, 2) for x in os.getloadavg()],
+            }
+            if spec.get("ground_truth") and i == 0:
+                store = out / ".aquamvs" / "store.zarr"
+                run["quality"] = score(ROOT, store, survey / spec["ground_truth"], args.frames, args.preset)
+            runs.append(run)
+            print(
+                f"plain run {i + 1}/{args.repeat}: {wall:.1f} s wall, {run['max_rss_mb']} MB peak", flush=True
+            )
+    return {
+        "commit": _commit(ROOT),
+        "survey": str(survey),
+        "preset": args.preset,
+        "frames": args.frames,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "runs": runs,
+    }
+
+
+def render_plain(result: dict) -> str:
+    """The table of :func:`run_plain`."""
+    m, runs = result["machine"], result["runs"]
+    walls = sorted(r["wall_s"] for r in runs)
+    lines = [
+        f"# `aquamvs reconstruct`, plain runs ({Path(result['survey']).name}, CPU)",
+        "",
+        f"Made by `benchmarks/frame_profile.py plain` on {result['date']} (commit {result['commit']}): "
+        f"`aquamvs reconstruct CALIBRATION VIDEOS OUT --preset {result['preset']} --frames {result['frames']}` "
+        f"on `{result['survey']}`, as the user runs it (no profiling hooks), each run from an empty output "
+        "folder, timed by the kernel (`wait4`). The survey was generated beforehand and is not timed.",
+        f"Machine: **{m['cpu']}**, {m['cores']} cores, {m['memory_gb']} GB, no GPU (GPU: not measured), "
+        "shared with other users (load averages below); the project's defaults (pair workers: the cores, "
+        "one torch thread each).",
+        "",
+        "| run | wall s | user s | sys s | peak RSS MB | load (1 min) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(runs, 1):
+        lines.append(
+            f"| {i} | {r['wall_s']:.1f} | {r['user_s']:.0f} | {r['sys_s']:.0f} | {r['max_rss_mb']} | "
+            f"{r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} |"
+        )
+    median = statistics.median(walls)
+    peak = max(r["max_rss_mb"] for r in runs)
+    lines += ["", f"**Median wall time: {median:.1f} s; highest peak RSS: {peak} MB.**"]
+    if any("quality" in r for r in runs):
+        lines += [
+            "",
+            "Accuracy of the first run's output (fused cloud and mesh against the ground truth, cells seen by "
+            f"≥ 2 cameras): {_quality(result)}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def _commit(code: Path) -> str:
     try:
         return subprocess.run(
@@ -736,6 +836,12 @@ def main() -> int:
     d.add_argument("--before", required=True)
     d.add_argument("--after", required=True)
     d.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "frame_profile_cpu.md"))
+    pl = sub.add_parser("plain", help="the real CLI without hooks, several runs, kernel-timed")
+    pl.add_argument("--survey", default=str(ROOT / ".data" / "demo"))
+    pl.add_argument("--preset", default="balanced")
+    pl.add_argument("--frames", default="0")
+    pl.add_argument("--repeat", type=int, default=2)
+    pl.add_argument("--out", required=True, help="markdown table (a .json beside it)")
     g = sub.add_parser("render-rig")
     g.add_argument("runs", nargs="+", help="JSON results of `run` (e.g. two pair counts)")
     g.add_argument("--title", default="One frame at the real rig's size, CPU")
@@ -747,6 +853,13 @@ def main() -> int:
     if args.mode == "run":
         result = run_profile(args)
         print("\n".join(_table(result)))
+        return 0
+    if args.mode == "plain":
+        result = run_plain(args)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1))
+        text = render_plain(result)
+        Path(args.out).write_text(text)
+        print(text)
         return 0
     if args.mode == "ab":
         before, after = interleaved(args)
