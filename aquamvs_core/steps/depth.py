@@ -24,6 +24,7 @@ from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.stages.stereo.combine import combine_pair_depths
 from aquamvs_core.stages.stereo.plane_sweep import PairDepth, sweep_pair
+from aquamvs_core.stages.stereo.pyramid import PREPARED_VIEWS_MB, PreparedViews
 from aquamvs_core.steps.common import (
     StoreCameras,
     fingerprint,
@@ -45,9 +46,11 @@ def pairwise_depths_step(
     pair: CameraPair,
     config: ReconstructionConfig,
     cams: StoreCameras | None = None,
+    views: PreparedViews | None = None,
 ) -> dict[str, Any]:
     """Refractive plane sweep of ``pair.ref`` against ``pair.src``; writes
-    ``pairwise_depths/<frame>/<pair>`` (:data:`PAIR_DEPTH_ARRAYS`), reused when current."""
+    ``pairwise_depths/<frame>/<pair>`` (:data:`PAIR_DEPTH_ARRAYS`), reused when current. ``views``
+    (:func:`frame_views`) shares the frame's prepared images between its pairs (the same result)."""
     path = product_path(Product.PAIRWISE_DEPTHS, frame, pair.key)
     expected = fingerprint(
         Product.PAIRWISE_DEPTHS, _dense_inputs(store, frame, pair), "sweep", config.plane_sweep
@@ -55,17 +58,15 @@ def pairwise_depths_step(
     if (stored := reusable(store, path, expected)) is not None:
         return {**stored["summary"], "reused": True}
     cams = cams or StoreCameras.load(store)
-    images = store.read_frame(frame, [pair.ref, pair.src])
+    views = views or frame_views(store, frame, cams, config, budget_mb=0.0)
     z_range = depth_range(store, frame, pair.ref)
     with torch.no_grad(), torch_threads(config.torch_threads):
         result = sweep_pair(
-            images[pair.ref],
-            images[pair.src],
+            views.get(pair.ref),
+            views.get(pair.src),
             cams.cameras[pair.ref],
             cams.cameras[pair.src],
-            cams.masks[pair.ref],
-            cams.masks[pair.src],
-            config.plane_sweep,
+            config=config.plane_sweep,
             z_range=z_range,
             names=(pair.ref, pair.src),
         )
@@ -84,6 +85,22 @@ def pairwise_depths_step(
         ),
     )
     return summary
+
+
+def frame_views(
+    store: SurveyStore,
+    frame: str,
+    cams: StoreCameras,
+    config: ReconstructionConfig,
+    budget_mb: float = PREPARED_VIEWS_MB,
+) -> PreparedViews:
+    """The frame's images, read from the store and prepared for the sweep on first use
+    (:class:`~aquamvs_core.stages.stereo.pyramid.PreparedViews`, within ``budget_mb``)."""
+
+    def load(camera: str) -> tuple[np.ndarray, np.ndarray]:
+        return store.read_frame(frame, [camera])[camera], cams.masks[camera]
+
+    return PreparedViews(load, config.plane_sweep, budget_mb)
 
 
 def pair_workers(config: ReconstructionConfig) -> int:
@@ -112,9 +129,10 @@ def sweep_frame_pairs(
     workers = min(pair_workers(config), max(len(pairs), 1))
     if workers > 1:  # one torch thread a worker (map_in_threads sets it; the steps must not change it)
         config = config.model_copy(update={"torch_threads": 1})
+    views = frame_views(store, frame, cams, config)  # each camera read and prepared once, if it fits
     summaries = {}
     for pair, summary in map_in_threads(
-        lambda p: pairwise_depths_step(store, frame, p, config, cams), list(pairs), workers
+        lambda p: pairwise_depths_step(store, frame, p, config, cams, views), list(pairs), workers
     ):
         summaries[pair.key] = summary
         if on_done is not None:

@@ -41,8 +41,9 @@ def test_camera_depths_refuse_a_product_of_the_other_pathway(ingested):
 
 
 def test_pairs_swept_side_by_side_match_one_at_a_time(ingested, tmp_path):
-    """Two pair workers (threads) write the same pair and camera depths, bit for bit, as one at a
-    time, report every pair in the caller's thread, and return the summaries in the given order."""
+    """Two pair workers (threads) sharing the frame's prepared views write the same pair and camera
+    depths, bit for bit, as each pair's step on its own, one at a time; they report every pair in
+    the caller's thread and return the summaries in the given order."""
     import shutil
     import threading
 
@@ -66,7 +67,8 @@ def test_pairs_swept_side_by_side_match_one_at_a_time(ingested, tmp_path):
     summaries = steps.sweep_frame_pairs(
         store, FRAME, dense, both, on_done=lambda p, s: reported.append((p.key, threading.current_thread()))
     )
-    one = steps.sweep_frame_pairs(serial, FRAME, dense, config.model_copy(update={"pair_workers": 1}))
+    alone = config.model_copy(update={"pair_workers": 1})
+    one = {p.key: steps.pairwise_depths_step(serial, FRAME, p, alone) for p in dense}  # no shared views
     assert list(summaries) == list(one) == [p.key for p in dense]
     assert sorted(k for k, _ in reported) == sorted(p.key for p in dense)
     assert {t for _, t in reported} == {threading.current_thread()}

@@ -5,12 +5,16 @@ refinement correlate on."""
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from aquamvs_core.camera.sampling import ArrayLike
+from aquamvs_core.runtime import SingleFlight
 from aquamvs_core.stages.stereo.config import PlaneSweepConfig
 from aquamvs_core.stages.stereo.ncc import (
     GridFn,
@@ -28,7 +32,8 @@ from aquamvs_core.stages.stereo.plane_warp import LevelWarp, WarpField
 @dataclass(eq=False)
 class PreparedImage:
     """An image ready for matching (:func:`prepare_image`); its pyramid levels and reference window
-    statistics are computed on first use and cached, so a view used in several pairs is prepared once.
+    statistics are computed on first use and cached, so a view used in several pairs is prepared once
+    (also by pairs in several threads: the cache is locked).
 
     Attributes:
         grey: (H, W) grey values in [0, 1] after the prefilter, NaN where invalid.
@@ -38,21 +43,81 @@ class PreparedImage:
     grey: torch.Tensor
     blur_sigma: float
     _cache: dict = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def level(self, level: int) -> torch.Tensor:
         """(H_l, W_l) pyramid level ``level`` minus its mean over finite pixels."""
         key = ("level", level)
-        if key not in self._cache:
-            img = downsample(self.grey, level)
-            self._cache[key] = img - torch.nan_to_num(torch.nanmean(img), nan=0.0)
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                img = downsample(self.grey, level)
+                self._cache[key] = img - torch.nan_to_num(torch.nanmean(img), nan=0.0)
+            return self._cache[key]
 
     def windows(self, level: int, window: int, min_std: float) -> RefWindows:
         """Reference window statistics of pyramid level ``level``."""
         key = ("windows", level, window, min_std)
-        if key not in self._cache:
-            self._cache[key] = ref_windows(self.level(level), window, min_std)
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = ref_windows(self.level(level), window, min_std)
+            return self._cache[key]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the image and everything computed from it so far."""
+        with self._lock:
+            held = [self.grey, *self._cache.values()]
+        total = 0
+        for item in held:
+            tensors = [item] if isinstance(item, torch.Tensor) else vars(item).values()
+            total += sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
+        return total
+
+
+#: Prepared views kept for the pairs of a frame (:class:`PreparedViews`), MB: a 1600×1200 view takes
+#: ~18 MB as a source and ~90 MB as a reference (its window statistics at three levels).
+PREPARED_VIEWS_MB = 256.0
+
+
+class PreparedViews:
+    """The prepared images of one frame's cameras, for its pairs: each camera is read and prepared
+    on first use and kept while the views held stay within ``budget_mb`` (the least recently used
+    are dropped first; the pairs using a dropped view keep it until they finish, and a later pair
+    prepares it again). Threads that ask for the same camera at once wait for one preparation.
+
+    Args:
+        load: camera name → its (H, W, 3) image and (H, W) bool validity mask (or None).
+        config: the sweep's configuration (prefilter, device, dtype).
+        budget_mb: memory budget, MB.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[str], tuple[ArrayLike, ArrayLike | None]],
+        config: PlaneSweepConfig,
+        budget_mb: float = PREPARED_VIEWS_MB,
+    ):
+        self._load, self._config, self._budget = load, config, int(budget_mb * 2**20)
+        self._views: OrderedDict[str, PreparedImage] = OrderedDict()
+        self._lock = threading.Lock()
+        self._preparing = SingleFlight()
+        self.prepared = 0  # preparations so far (a dropped view counts again when it comes back)
+
+    def get(self, name: str) -> PreparedImage:
+        with self._preparing.hold(name):
+            with self._lock:
+                if name in self._views:
+                    self._views.move_to_end(name)
+                    return self._views[name]
+            image, mask = self._load(name)
+            view = prepare_image(image, mask, self._config)
+            with self._lock:
+                self.prepared += 1
+                self._views[name] = view
+                held = sum(v.nbytes for v in self._views.values())
+                while len(self._views) > 1 and held > self._budget:
+                    held -= self._views.popitem(last=False)[1].nbytes
+            return view
 
 
 @torch.no_grad()
