@@ -109,7 +109,9 @@ def run_ours(args: argparse.Namespace, work: Path, i: int) -> dict:
         "--profile",
     ]
     log = work / f"ours_{i}.log"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     result = _timed(cmd, dict(os.environ, PYTHONPATH=str(REPO)), REPO, log)
+    result["commit"] = commit.stdout.strip()
     result.update(_our_stages(log))
     result["store"] = str(out / ".aquamvs" / "store.zarr")
     return result
@@ -221,13 +223,14 @@ def render(res: dict) -> str:
             "# Side by side: AquaMVS 1.7.3 and `aquamvs reconstruct`, whole processes (CPU)",
             "",
             f"Produced by [`benchmarks/baseline/side_by_side.py`](../baseline/side_by_side.py) on {res['date']} "
-            f"(this project at {res.get('commit', '?')}): "
+            f"(this project at {_our_commits(res)}): "
             f"the two programs run back to back in one session ({' '.join(res['order'])}), on the demo survey "
             f"(9 cameras: 8 ring + 1 fisheye auxiliary, 640×480), frame {res['frame']}, preset `{res['preset']}`, "
             "each timed from process start to exit.",
             f"Machine: **{m['cpu']}**, {m['cores']} cores, no GPU, shared with other users (load averages below). "
             f"AquaMVS 1.7.3 ran with {res['threads']} torch/OpenMP/OpenCV threads; ours with its defaults "
-            "(1 torch thread). AquaMVS 1.7.3's speed has differed several-fold between machines and sessions: "
+            "(the plane-sweep pairs, camera combinations and fusion's cameras side by side on the cores, one "
+            "torch thread each; matching one torch thread). AquaMVS 1.7.3's speed has differed several-fold between machines and sessions: "
             "its plane sweep is made of 11×11 box `conv2d` calls on 640×480 images, measured at 160–370 ms "
             f"each on such a machine in earlier sessions and at {res['anchor_conv2d_ms']} ms in this one "
             "(in its venv, with its threads, right after the runs). Compare the two programs within one run only.",
@@ -263,6 +266,12 @@ def render(res: dict) -> str:
             "",
         ]
     )
+
+
+def _our_commits(res: dict) -> str:
+    """The commit(s) our runs ran (each run records the checkout's HEAD when it starts)."""
+    commits = list(dict.fromkeys(r.get("commit", res.get("commit", "?")) for r in res["ours"]))
+    return ", ".join(commits)
 
 
 def _write(res: dict, out: Path) -> int:
