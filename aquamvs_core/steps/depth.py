@@ -129,7 +129,7 @@ def sweep_frame_pairs(
     workers = min(pair_workers(config), max(len(pairs), 1))
     if workers > 1:  # one torch thread a worker (map_in_threads sets it; the steps must not change it)
         config = config.model_copy(update={"torch_threads": 1})
-    views = frame_views(store, frame, cams, config)  # each camera read and prepared once, if it fits
+    views = frame_views(store, frame, cams, config)  # a camera read and prepared once for a run of pairs
     summaries = {}
     for pair, summary in map_in_threads(
         lambda p: pairwise_depths_step(store, frame, p, config, cams, views), list(pairs), workers

@@ -75,8 +75,10 @@ class PreparedImage:
 
 
 #: Prepared views kept for the pairs of a frame (:class:`PreparedViews`), MB: a 1600×1200 view takes
-#: ~18 MB as a source and ~90 MB as a reference (its window statistics at three levels).
-PREPARED_VIEWS_MB = 256.0
+#: ~18 MB as a source and ~90 MB as a reference (its window statistics at three levels), so this
+#: keeps the reference of a run of pairs and a few sources (a frame's pairs come grouped by
+#: reference). 256 MB raised the peak of a 1600×1200 frame by ~300 MB (3.6 → 3.9 GB).
+PREPARED_VIEWS_MB = 128.0
 
 
 class PreparedViews:
