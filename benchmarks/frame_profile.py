@@ -305,6 +305,31 @@ def summarise(trace: dict, wall: float, maxrss_mb: float) -> tuple[list[dict], l
     return out, list(workers.values())
 
 
+def _timed_child(cmd: list[str], cwd: Path, env: dict) -> tuple[dict, float, float]:
+    """Run ``cmd`` to its end, timed by the kernel (``wait4``): the run's record (wall, user and
+    system seconds, peak RSS MB, load averages before and after), its wall seconds and its exact
+    peak in MB. A failure prints the end of its output and exits."""
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    load_after = os.getloadavg()
+    if status != 0:
+        print(output[-4000:])
+        raise SystemExit(f"aquamvs reconstruct failed (status {status})")
+    run = {
+        "wall_s": round(wall, 2),
+        "user_s": round(usage.ru_utime, 2),
+        "sys_s": round(usage.ru_stime, 2),
+        "max_rss_mb": round(usage.ru_maxrss / 1024),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+    }
+    return run, wall, usage.ru_maxrss / 1024
+
+
 def run_profile(args: argparse.Namespace) -> dict:
     code = Path(args.code).resolve() if args.code else ROOT
     survey_file = ensure_survey(Path(args.survey).resolve())
@@ -336,28 +361,9 @@ def run_profile(args: argparse.Namespace) -> dict:
             if args.pair_neighbours:
                 cmd += ["--pair-neighbours", str(args.pair_neighbours)]
             cmd += ["--", *argv]
-            load_before = os.getloadavg()
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            output = proc.stdout.read().decode(errors="replace")
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - t0
-            load_after = os.getloadavg()
-            if status != 0:
-                print(output[-4000:])
-                raise SystemExit(f"aquamvs reconstruct failed (status {status})")
+            run, wall, peak_mb = _timed_child(cmd, code, env)
             trace = json.loads(trace_path.read_text())
-            rows, worker_rows = summarise(trace, wall, usage.ru_maxrss / 1024)
-            run = {
-                "wall_s": round(wall, 2),
-                "user_s": round(usage.ru_utime, 2),
-                "sys_s": round(usage.ru_stime, 2),
-                "max_rss_mb": round(usage.ru_maxrss / 1024),
-                "load_before": [round(x, 2) for x in load_before],
-                "load_after": [round(x, 2) for x in load_after],
-                "rows": rows,
-                "worker_rows": worker_rows,
-            }
+            run["rows"], run["worker_rows"] = summarise(trace, wall, peak_mb)
             if spec.get("ground_truth") and i == 0:
                 run["quality"] = score(
                     code,
@@ -369,7 +375,7 @@ def run_profile(args: argparse.Namespace) -> dict:
             runs.append(run)
             print(
                 f"run {i + 1}/{args.repeat}: {wall:.1f} s wall, {run['max_rss_mb']} MB peak, load "
-                f"{load_before[0]:.2f} → {load_after[0]:.2f}",
+                f"{run['load_before'][0]:.2f} → {run['load_after'][0]:.2f}",
                 flush=True,
             )
     result = {
@@ -417,24 +423,7 @@ def run_plain(args: argparse.Namespace) -> dict:
                 "--frames",
                 args.frames,
             ]
-            load_before = os.getloadavg()
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-            output = proc.stdout.read().decode(errors="replace")
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - t0
-            if status != 0:
-                print(output[-4000:])
-                raise SystemExit(f"aquamvs reconstruct failed (status {status})")
-            run = {
-                "wall_s": round(wall, 2),
-                "user_s": round(usage.ru_utime, 2),
-                "sys_s": round(usage.ru_stime, 2),
-                "max_rss_mb": round(usage.ru_maxrss / 1024),
-                "load_before": [round(x, 2) for x in load_before],
-                "load_after": [round(x, 2) for x in os.getloadavg()],
-            }
+            run, wall, _ = _timed_child(cmd, ROOT, dict(os.environ, PYTHONPATH=str(ROOT)))
             if spec.get("ground_truth") and i == 0:
                 store = out / ".aquamvs" / "store.zarr"
                 run["quality"] = score(ROOT, store, survey / spec["ground_truth"], args.frames, args.preset)
