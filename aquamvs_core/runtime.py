@@ -181,3 +181,22 @@ def tune_allocator(
             (_M_ARENA_MAX, arena_max),
         )
     )
+
+
+def release_free_memory() -> bool:
+    """Hand the memory that glibc's malloc holds free back to the system (``malloc_trim(0)``).
+
+    :func:`tune_allocator` makes the heap keep up to 1 GB of freed tensors for the next ones, which
+    is right inside a stage but wrong between stages: the next stage's peak would sit on top of the
+    last one's leftovers. The steps whose temporaries are large (the plane sweep of a frame's pairs,
+    the camera depths, the fusion) call this when they finish. Returns True when glibc released
+    anything; False elsewhere (another C library or allocator).
+    """
+    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    return bool(trim(0))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from aquamvs_core.config import ReconstructionConfig
-from aquamvs_core.runtime import default_workers, map_in_threads, torch_threads
+from aquamvs_core.runtime import default_workers, map_in_threads, release_free_memory, torch_threads
 from aquamvs_core.stages.dense.correspondence_depth import (
     DenseMatcher,
     WarpPairDepth,
@@ -137,6 +137,8 @@ def sweep_frame_pairs(
         summaries[pair.key] = summary
         if on_done is not None:
             on_done(pair, summary)
+    views.clear()
+    release_free_memory()  # the workers' temporaries, so that the next step does not stack on them
     return {p.key: summaries[p.key] for p in pairs}
 
 
@@ -299,7 +301,9 @@ def camera_depths_step(
         return summary
 
     refs = list(by_ref)
-    return dict(map_in_threads(one_camera, refs, pair_workers(config), in_order=True))
+    summaries = dict(map_in_threads(one_camera, refs, pair_workers(config), in_order=True))
+    release_free_memory()
+    return summaries
 
 
 def camera_depth_maps(store: SurveyStore, frame: str) -> dict[str, DepthMap]:

@@ -260,3 +260,24 @@ def test_cameras_of_the_same_calibration_share_one_solved_pixel_grid(monkeypatch
     fresh.grid()  # the older grids were dropped to make room: solved again
     assert len(solved) == 4
     lens_module.clear_grid_cache()
+
+
+def test_the_solved_pixel_grid_is_the_exact_inverse_whatever_its_bands(monkeypatch) -> None:
+    """The whole-image grid is solved in bands of rows (cache-sized): any band size (here 7 rows and
+    a short last band, and the whole image at once) gives the same values, and they are the lens's
+    own safeguarded inverse, started from the distorted point, at every pixel."""
+    from aquamvs_core.camera import lens as lens_module
+    from aquamvs_core.camera.distortion import K_tensor, pixels_to_normalized
+
+    cam = lens_camera(reference_camera())
+    inverse = cam._inverse
+    monkeypatch.setattr(lens_module, "_GRID_BAND", 7 * W)
+    banded = inverse._solve_grid(torch.device("cpu"))
+    monkeypatch.setattr(lens_module, "_GRID_BAND", W * H)
+    whole = inverse._solve_grid(torch.device("cpu"))
+    assert banded.shape == (H, W, 2) and bool(torch.isfinite(banded).all())
+    torch.testing.assert_close(banded, whole, rtol=0, atol=0)
+    pixels = pixel_grid(W, H, dtype=torch.float64)
+    direct, ok = inverse.lens.undistort(pixels_to_normalized(pixels, K_tensor(K, pixels)))
+    assert bool(ok.all())
+    torch.testing.assert_close(banded, direct, rtol=0, atol=1e-14)

@@ -58,23 +58,41 @@ def combine_pair_depths(
     shape = pairs[0].depth.shape
     if any(p.depth.shape != shape for p in pairs):
         raise ValueError(f"pair depths differ in shape: {[tuple(p.depth.shape) for p in pairs]}")
+    # Bands of rows: the (h, W, P, P) agreement tests stay in the CPU cache (the same values).
+    rows = max(1, _COMBINE_BAND // max(1, shape[-1] * len(pairs) ** 2))
+    bands = [_combine_rows(pairs, slice(r0, r0 + rows), config) for r0 in range(0, shape[0], rows)]
+    return CameraDepth(
+        camera=camera if camera is not None else pairs[0].ref,
+        **{k: torch.cat([b[k] for b in bands]) for k in ("depth", "confidence", "support", "candidates")},
+    )
+
+
+#: Agreement tests (pixels × pairs²) per band of rows of :func:`combine_pair_depths`.
+_COMBINE_BAND = 1 << 18
+
+
+def _combine_rows(
+    pairs: Sequence[PairDepth], rows: slice, config: PlaneSweepConfig
+) -> dict[str, torch.Tensor]:
+    """The rule of the module docstring on rows ``rows`` of the pairs' maps."""
     n_pairs = len(pairs)
-    # Pairs along the last (contiguous) dimension: (H, W, P).
-    depth = torch.stack([p.depth for p in pairs], dim=-1)
-    z = torch.stack([p.world_z for p in pairs], dim=-1)
-    conf = torch.stack([p.confidence for p in pairs], dim=-1)
-    res = torch.stack([p.px_per_mm for p in pairs], dim=-1)
+    # Pairs along the last (contiguous) dimension: (h, W, P).
+    depth = torch.stack([p.depth[rows] for p in pairs], dim=-1)
+    z = torch.stack([p.world_z[rows] for p in pairs], dim=-1)
+    conf = torch.stack([p.confidence[rows] for p in pairs], dim=-1)
+    res = torch.stack([p.px_per_mm[rows] for p in pairs], dim=-1)
+    shape = depth.shape[:-1]
     cand = torch.isfinite(depth) & torch.isfinite(z) & (conf >= config.min_pair_confidence)
     tol = config.agreement_tol_mm * 1e-3
 
     zc = torch.where(cand, z, 0.0)
-    agree = (zc.unsqueeze(-1) - zc.unsqueeze(-2)).abs() <= tol  # (H, W, P, P): [..., i, j]
+    agree = (zc.unsqueeze(-1) - zc.unsqueeze(-2)).abs() <= tol  # (h, W, P, P): [..., i, j]
     agree &= cand.unsqueeze(-1) & cand.unsqueeze(-2)
-    count = agree.sum(dim=-1)  # (H, W, P): how many candidates i agrees with (itself included)
+    count = agree.sum(dim=-1)  # (h, W, P): how many candidates i agrees with (itself included)
     weight = (agree * conf.unsqueeze(-2)).sum(dim=-1)
     score = count.to(conf.dtype) * (n_pairs + 1) + weight / (n_pairs + 1.0)
     score = torch.where(cand, score, -1.0)
-    anchor = score.argmax(dim=-1, keepdim=True)  # (H, W, 1)
+    anchor = score.argmax(dim=-1, keepdim=True)  # (h, W, 1)
     consensus = torch.gather(agree, -2, anchor.unsqueeze(-1).expand(*shape, 1, n_pairs)).squeeze(-2)
 
     support = consensus.sum(dim=-1)
@@ -84,13 +102,12 @@ def combine_pair_depths(
     keep = (support >= 2) | ((support == 1) & (best_conf >= config.single_pair_min_confidence))
     miss = torch.where(consensus, 1.0 - conf, 1.0).prod(dim=-1)
     combined_conf = (1.0 - miss) * support.to(conf.dtype) / n_cand.clamp_min(1).to(conf.dtype)
-    return CameraDepth(
-        camera=camera if camera is not None else pairs[0].ref,
-        depth=torch.where(keep, value, math.nan),
-        confidence=torch.where(keep, combined_conf.clamp(0.0, 1.0), 0.0),
-        support=torch.where(keep, support, 0).to(torch.int32),
-        candidates=n_cand.to(torch.int32),
-    )
+    return {
+        "depth": torch.where(keep, value, math.nan),
+        "confidence": torch.where(keep, combined_conf.clamp(0.0, 1.0), 0.0),
+        "support": torch.where(keep, support, 0).to(torch.int32),
+        "candidates": n_cand.to(torch.int32),
+    }
 
 
 def _consensus_value(

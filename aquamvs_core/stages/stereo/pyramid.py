@@ -121,6 +121,11 @@ class PreparedViews:
                     held -= self._views.popitem(last=False)[1].nbytes
             return view
 
+    def clear(self) -> None:
+        """Drop every view held (pairs still running keep theirs until they finish)."""
+        with self._lock:
+            self._views.clear()
+
 
 @torch.no_grad()
 def prepare_image(image: ArrayLike, mask: ArrayLike | None, config: PlaneSweepConfig) -> PreparedImage:

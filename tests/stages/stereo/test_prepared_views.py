@@ -67,3 +67,6 @@ def test_views_beyond_the_budget_are_dropped_least_recently_used_first():
     # Derived maps count: a reference's window statistics make its view larger.
     a.windows(0, config.window, config.min_std)
     assert a.nbytes > 5 * one_view
+    # clear() drops every view (the end of a frame's pairs): the next request prepares again.
+    views.clear()
+    assert views.get("cam0") is not a and views.prepared == 5
