@@ -13,7 +13,7 @@ positive) as invalid, so a projection never "sees" such a point at a wrong pixel
 :func:`~aquamvs_core.camera.distortion.undistort_normalized`) on a coarse lattice of pixels once per
 camera, interpolated bilinearly as the starting point of the same Newton iteration at any pixel,
 which then converges in one or two steps instead of five to ten. The result is the exact inverse
-either way; only the cost changes. The solved grid of a whole image (about 0.6 s for 1600×1200 on one
+either way; only the cost changes. The solved grid of a whole image (about 0.3 s for 1600×1200 on one
 CPU core) is kept in a process-wide cache of at most :data:`GRID_CACHE_MB`, keyed by the exact
 intrinsics, lens coefficients and image size, so every step of a run that rebuilds its cameras from
 the same calibration reuses it.
