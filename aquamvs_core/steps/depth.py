@@ -75,6 +75,7 @@ def pairwise_depths_step(
     summary = {
         "valid_fraction": round(valid, 4),
         "z_range": list(z_range) if z_range else None,
+        "planes": result.planes,
         "seconds": round(result.timings["total"], 3),
     }
     store.write_product(

@@ -19,7 +19,18 @@ class PlaneSweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- hypotheses -------------------------------------------------------------------------------
-    num_depths: int = Field(128, ge=2, le=4096, description="hypothesis planes of the full-range sweep")
+    num_depths: int = Field(
+        128, ge=2, le=4096, description="hypothesis planes of the full-range sweep, at most"
+    )
+    plane_step_px: float | None = Field(
+        0.25,
+        gt=0.0,
+        le=8.0,
+        description="fewer planes than num_depths when they would be closer than this: the largest step "
+        "between planes, in pixels of the coarse level at the pair's most sensitive pixel (None: "
+        "always num_depths)",
+    )
+    min_depths: int = Field(16, ge=2, le=4096, description="planes of the full-range sweep, at least")
     z_min: float | None = Field(None, description="world Z of the shallowest plane, m (see z_range)")
     z_max: float | None = Field(None, description="world Z of the deepest plane, m (see z_range)")
     fallback_depth_below_water: tuple[float, float] = Field(

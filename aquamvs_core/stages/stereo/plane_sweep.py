@@ -77,7 +77,7 @@ from aquamvs_core.stages.stereo.config import PlaneSweepConfig
 from aquamvs_core.stages.stereo.plane_warp import build_warp_field
 from aquamvs_core.stages.stereo.pyramid import PreparedImage, as_prepared, make_level
 from aquamvs_core.stages.stereo.refine import fill_nan, refine_surface, upsample
-from aquamvs_core.stages.stereo.sweep import sweep_planes
+from aquamvs_core.stages.stereo.sweep import plane_count, sweep_planes
 
 
 @dataclass
@@ -97,6 +97,7 @@ class PairDepth:
             world Z at this depth: the pair's depth resolution (its precision scales with it).
         timings: seconds per stage.
         warp_fit_residual_px: largest residual of the warp polynomial at its fit nodes, pixels.
+        planes: planes of the full-range sweep (:func:`~aquamvs_core.stages.stereo.sweep.plane_count`).
     """
 
     ref: str
@@ -108,6 +109,7 @@ class PairDepth:
     px_per_mm: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)
     warp_fit_residual_px: float = 0.0
+    planes: int = 0
 
     @property
     def valid(self) -> torch.Tensor:
@@ -233,7 +235,8 @@ def sweep_pair(
 
     t0 = time.perf_counter()
     dtype, device = config.torch_dtype, torch.device(config.device)
-    z_planes = torch.linspace(z_lo, z_hi, config.num_depths, dtype=torch.float64, device=device)
+    n_planes = plane_count(lvs[config.coarse_level], z_lo, z_hi, config)
+    z_planes = torch.linspace(z_lo, z_hi, n_planes, dtype=torch.float64, device=device)
     sw = sweep_planes(lvs[config.coarse_level], field_, z_planes, config)
     timings["sweep"] = time.perf_counter() - t0
 
@@ -301,4 +304,5 @@ def sweep_pair(
         px_per_mm=px_per_m * 1e-3,
         timings=timings,
         warp_fit_residual_px=field_.fit_residual_px,
+        planes=n_planes,
     )

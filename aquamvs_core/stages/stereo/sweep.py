@@ -46,6 +46,32 @@ class SweepResult:
     margin: torch.Tensor  # (H_l, W_l) best − second-best distinct peak (inf: none; NaN: no best)
 
 
+def plane_count(lv: PyramidLevel, z_lo: float, z_hi: float, config: PlaneSweepConfig) -> int:
+    """Planes of the full-range sweep over world Z ``[z_lo, z_hi]`` at level ``lv``.
+
+    ``config.num_depths``, or fewer when that many planes would lie closer together than
+    ``config.plane_step_px``: the source sample of the pair's most sensitive pixel (largest
+    ``|dw/dz|`` at the range's ends and middle) travels ``T`` level pixels over the range, and
+    ``ceil(T / plane_step_px) + 1`` planes step it by at most ``plane_step_px`` (never fewer than
+    ``config.min_depths``). A range from sparse points is often a few level pixels deep: 128 planes
+    would then be ~0.02 px apart, far finer than the refinement that follows can use.
+    """
+    if config.plane_step_px is None:
+        return config.num_depths
+    h, w = lv.ref.x.shape
+    device, dtype = lv.ref.x.device, lv.ref.x.dtype
+    travel = 0.0
+    for z in (z_lo, 0.5 * (z_lo + z_hi), z_hi):
+        sens = lv.warp.sensitivity(torch.full((h, w), z, dtype=dtype, device=device))
+        finite = sens[torch.isfinite(sens)]
+        if finite.numel():
+            travel = max(travel, float(finite.max()) * (z_hi - z_lo))
+    if travel == 0.0:  # no pixel of the reference reaches the source: nothing to save
+        return config.num_depths
+    needed = math.ceil(travel / config.plane_step_px) + 1
+    return int(min(config.num_depths, max(config.min_depths, needed)))
+
+
 def sweep_planes(
     lv: PyramidLevel, field_: WarpField, z_planes: torch.Tensor, config: PlaneSweepConfig
 ) -> SweepResult:

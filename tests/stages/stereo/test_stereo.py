@@ -337,6 +337,40 @@ def test_flat_bottom_is_recovered(flat_scene: Scene):
         assert float(pd.confidence.max()) <= 1.0 and float(pd.confidence.min()) >= 0.0
 
 
+def test_plane_count_steps_the_most_sensitive_pixel_by_plane_step_px(flat_scene: Scene):
+    """The full-range sweep takes as many planes as step the source sample of the pair's most
+    sensitive pixel by at most ``plane_step_px``: against the exact travel of every coarse-level pixel
+    between the range's ends (refracted ray → points at z_lo and z_hi → exact projection into the
+    source), within the bend of the path; ``min_depths`` and ``num_depths`` bound it."""
+    ref, src = flat_scene.cams["cam0"], flat_scene.cams["cam1"]
+    level, step = 2, 0.05
+    f = 2**level
+    u = (torch.arange(W // f, dtype=torch.float64) + 0.5) * f - 0.5
+    v = (torch.arange(H // f, dtype=torch.float64) + 0.5) * f - 0.5
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    origins, dirs, ok = ref.cast_ray(torch.stack([uu, vv], dim=-1).reshape(-1, 2))
+    ends = []
+    for z in Z_RANGE:
+        depth = world_z_to_ray_depth(dirs, torch.full_like(dirs[:, 2], z), ref.water_z)
+        uv, valid = src.project(point_at_ray_depth(origins, dirs, depth))
+        ok &= valid
+        ends.append(uv)
+    travel = float(((ends[1] - ends[0]).norm(dim=-1)[ok]).max()) / f  # coarse-level pixels
+    config = PlaneSweepConfig(coarse_level=level, plane_step_px=step, min_depths=2, num_depths=4096)
+    planes = _sweep(flat_scene, "cam1", config).planes
+    assert math.ceil(travel / step) + 1 <= planes <= math.ceil(1.2 * travel / step) + 1, (travel, planes)
+    assert (
+        _sweep(flat_scene, "cam1", config.model_copy(update={"min_depths": planes + 7})).planes == planes + 7
+    )
+    assert (
+        _sweep(flat_scene, "cam1", config.model_copy(update={"num_depths": planes - 5})).planes == planes - 5
+    )
+    assert (
+        _sweep(flat_scene, "cam1", config.model_copy(update={"plane_step_px": None, "num_depths": 40})).planes
+        == 40
+    )
+
+
 def test_relief_pairs_and_combined_depth(relief_scene: Scene, monkeypatch):
     """Textured relief (undulations, mounds, nest, ripples). Measured at 200×150: per pair median
     1.05–1.09 mm (neighbours) / 0.88 mm (second neighbour), p90 2.8 / 2.1 mm, 96–98 % of the overlap
