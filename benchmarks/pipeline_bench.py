@@ -34,7 +34,7 @@ from aquamvs_core.evaluation.benchmark import STAGES, profile_frame  # noqa: E40
 from aquamvs_core.evaluation.quality import quality_report  # noqa: E402
 from aquamvs_core.stages.pairs import survey_pairs  # noqa: E402
 from aquamvs_core.store import SurveyStore  # noqa: E402
-from aquamvs_core.survey import frame_key, load_survey_spec  # noqa: E402
+from aquamvs_core.survey import Product, frame_key, load_survey_spec, product_path  # noqa: E402
 
 DEMO = ROOT / ".data" / "demo"
 
@@ -69,10 +69,17 @@ def run_preset(spec_file: Path, preset: str, frame: int, work: Path, source_stor
     for name, seconds in times.items():
         print(f"  {preset:9s} {name:16s} {seconds:7.2f} s", flush=True)
     report = quality_report(store, key, spec.ground_truth, config)
+    swept = [
+        store.product_attrs(product_path(Product.PAIRWISE_DEPTHS, key, p.key))["summary"].get("planes")
+        for p in pairs
+        if store.has_product(product_path(Product.PAIRWISE_DEPTHS, key, p.key))
+    ]
+    swept = [n for n in swept if n]
     dense = times["pairwise_depths"] + times["camera_depths"] + times["fused_cloud"] + times["mesh"]
     return {
         "preset": preset,
         "num_depths": config.plane_sweep.num_depths,
+        "planes_swept": [min(swept), max(swept)] if swept else None,
         "pairs": len(pairs),
         "times_s": {k: round(v, 2) for k, v in times.items()},
         "dense_s": round(dense, 2),
@@ -98,10 +105,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), load {load[0]:.1f}"
 
 
+def _planes(row: dict) -> str:
+    """The planes the pairs swept, e.g. "16–17 (128)"; the older tables have only the most."""
+    swept = row.get("planes_swept")
+    if not swept:
+        return str(row["num_depths"])
+    lo, hi = swept
+    return f"{lo} ({row['num_depths']})" if lo == hi else f"{lo}–{hi} ({row['num_depths']})"
+
+
 def to_markdown(rows: list[dict], frame: int, survey: str) -> str:
     stages = list(rows[0]["times_s"])
     head = (
-        "| preset | depths | "
+        "| preset | planes swept (at most) | "
         + " | ".join(stages)
         + " | dense total | all stages | points | median mm | p90 mm | outliers | completeness (≥2 views) | 2–3 views | ≥4 views | quality gate | peak RSS MB | load |"
     )
@@ -110,7 +126,7 @@ def to_markdown(rows: list[dict], frame: int, survey: str) -> str:
     for r in rows:
         q = r["quality"]
         lines.append(
-            f"| {r['preset']} | {r['num_depths']} | "
+            f"| {r['preset']} | {_planes(r)} | "
             + " | ".join(f"{r['times_s'][s]:.1f} s" for s in stages)
             + f" | **{r['dense_s']:.1f} s** | {r['total_s']:.1f} s | {r['points']:,} | {q['cloud_median_abs_error_mm']:.3f}"
             f" | {q['cloud_p90_abs_error_mm']:.3f} | {100 * q['cloud_outlier_fraction']:.3f} %"

@@ -16,7 +16,6 @@ import open3d as o3d
 import torch
 
 from aquamvs_core.config import ReconstructionConfig
-from aquamvs_core.runtime import release_free_memory
 from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.stages.fusion import FusedCloud, FusionView, fuse_views
 from aquamvs_core.stages.mesh import build_mesh, export_mesh
@@ -82,7 +81,6 @@ def fused_cloud_step(store: SurveyStore, frame: str, config: ReconstructionConfi
     store.write_product(
         path, cloud.as_arrays(), provenance(cams, frame, config, expected, summary, stats=cloud.stats)
     )
-    release_free_memory()
     return cloud
 
 
