@@ -707,7 +707,9 @@ def render(before: dict, after: dict) -> str:
             *_header(
                 after,
                 "the default demo survey (9 cameras: 8 ring + 1 fisheye auxiliary, 640×480, "
-                f"{_pairs(ra)} directed pairs)",
+                f"{_pairs(ra)} directed pairs)"
+                if Path(after["survey"]).name == "demo"
+                else f"a synthetic survey at `{after['survey']}` ({_pairs(ra)} directed pairs)",
             ),
             "",
             f"- **Before:** {before['label']} (commit {before['commit']}), {before['date']}. Runs: {_runs_line(before)}.",
