@@ -63,7 +63,7 @@ CODE_VERSIONS: dict[str, str] = {
     "frames": "2",  # 2: stored on the original pixel grid by default (issue 12)
     Product.SPARSE_MATCHES: "1",
     Product.SPARSE_CLOUD: "1",
-    Product.PAIRWISE_DEPTHS: "1",
+    Product.PAIRWISE_DEPTHS: "2",  # 2: the sweep takes as many planes as the range needs (plane_step_px)
     Product.CAMERA_DEPTHS: "1",
     Product.FUSED_CLOUD: "1",
     Product.MESH: "1",
