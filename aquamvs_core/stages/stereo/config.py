@@ -163,6 +163,8 @@ class PlaneSweepConfig(BaseModel):
 #: fisheye, sparse range; one torch thread on a shared 2-core CPU), per-camera depth vs ground truth,
 #: median / p90 vertical error, valid fraction, time for all 8 cameras: fast 0.27 / 0.76 mm, 98.0 %,
 #: 9.3 s; balanced 0.19 / 0.55 mm, 99.0 %, 16.0 s; quality 0.17 / 0.49 mm, 99.1 %, 28.5 s.
+#: (Measured with 64 / 128 / 192 planes, before ``plane_step_px``: a sparse range now takes 16 planes in
+#: every preset, with the same fused accuracy, ``benchmarks/results/pipeline_cpu.md``.)
 PRESETS: dict[str, PlaneSweepConfig] = {
     # Refinement ends at half resolution (the depth is upsampled): about twice as fast.
     "fast": PlaneSweepConfig(
