@@ -141,6 +141,19 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX")
 
 
+def _glibc_malloc() -> ctypes.CDLL | None:
+    """glibc (with ``mallopt`` and ``malloc_trim``) when it is this process's allocator; None on other
+    C libraries and under a preloaded allocator (jemalloc, tcmalloc: they manage this themselves)."""
+    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (both must exist)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def tune_allocator(
     trim_threshold_mb: int = 1024, mmap_threshold_mb: int = 32, top_pad_mb: int = 64, arena_max: int = 1
 ) -> bool:
@@ -162,18 +175,12 @@ def tune_allocator(
     Does nothing (returns False) on other C libraries, when the process already sets glibc's
     ``MALLOC_*`` variables, or under another allocator (``LD_PRELOAD``). Returns True when applied.
     """
-    if not sys.platform.startswith("linux") or any(k in os.environ for k in _MALLOC_ENV):
-        return False
-    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc: they manage this themselves
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _glibc_malloc()
+    if libc is None or any(k in os.environ for k in _MALLOC_ENV):
         return False
     mb = 1 << 20
     return all(
-        mallopt(param, value) == 1
+        libc.mallopt(param, value) == 1
         for param, value in (
             (_M_MMAP_THRESHOLD, mmap_threshold_mb * mb),
             (_M_TRIM_THRESHOLD, trim_threshold_mb * mb),
@@ -193,11 +200,8 @@ def release_free_memory() -> bool:
     not free: on a 1600×1200 frame, trimming after every large step cost ~7 s of system time.
     Returns True when glibc released anything; False elsewhere (another C library or allocator).
     """
-    if not sys.platform.startswith("linux") or "malloc" in os.environ.get("LD_PRELOAD", ""):
+    libc = _glibc_malloc()
+    if libc is None:
         return False
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    return bool(trim(0))
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return bool(libc.malloc_trim(0))
