@@ -75,9 +75,10 @@ class ReconstructionConfig(BaseModel):
     pair_workers: int | None = Field(
         None,
         ge=1,
-        description="plane-sweep pairs of a frame computed at once (and cameras combined from them), in"
-        " threads with one torch thread each"
-        " (None: the CPU cores this process may use, at most 4, and 1 on CUDA or the roma pathway); "
+        description="plane-sweep pairs of a frame computed at once (and cameras combined from them, and"
+        " SIFT pairs matched), in threads with one torch thread each"
+        " (None: the CPU cores this process may use, at most 4, and 1 on CUDA, the roma pathway or "
+        "LightGlue matching); "
         "each worker holds one pair's working memory",
     )
     use_auxiliary_sources: bool = Field(

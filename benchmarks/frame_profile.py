@@ -122,6 +122,7 @@ def _install_hooks(tracer: Tracer) -> None:
     )
     for name in (
         "sparse_matches_step",
+        "match_frame_pairs",
         "sparse_cloud_step",
         "pairwise_depths_step",
         "sweep_frame_pairs",
@@ -138,6 +139,9 @@ def _install_hooks(tracer: Tracer) -> None:
     import aquamvs_core.steps.depth as depth_steps  # sweep_frame_pairs calls its own module's step
 
     tracer.wrap(depth_steps, "pairwise_depths_step", "step: pairwise_depths", "stage")
+    import aquamvs_core.steps.sparse as sparse_steps  # so does match_frame_pairs
+
+    tracer.wrap(sparse_steps, "sparse_matches_step", "step: sparse_matches", "stage")
     try:  # the ingestion asset imported its steps by name
         import aquamvs_assets.assets.ingestion as ingestion_assets
 
@@ -532,7 +536,7 @@ GROUPS = (
     ),
     ("store: open, reads", lambda n: n in ("store: read", "store: open")),
     ("store: writes", lambda n: n == "store: write"),
-    ("sparse matches", lambda n: n == "step: sparse_matches"),
+    ("sparse matches", lambda n: n in ("step: sparse_matches", "step: match_frame_pairs")),
     ("sparse cloud", lambda n: n == "step: sparse_cloud"),
     (
         "pairwise depths (plane sweep)",

@@ -33,17 +33,17 @@ def build_sparse_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list[dg
     ) -> dg.MaterializeResult:
         survey_store, config, frame = store.get(), reconstruction.config(), context.partition_key
         with profiled(context, reconstruction.profile) as profile:
-            cams = steps.StoreCameras.load(survey_store)
-            model_cache: dict = {}
-            features: dict = {}  # per-image features of the frame, shared by its pairs
             rows = []
-            for n, pair in enumerate(pairs, start=1):
-                s = steps.sparse_matches_step(survey_store, frame, pair, config, cams, model_cache, features)
+
+            def report(pair: CameraPair, s: dict) -> None:  # in this thread, as each pair finishes
                 rows.append({"pair": pair.key, **s})
                 context.log.info(
                     f"{frame} {pair.key}: {s['kept']}/{s['matches']} matches kept"
-                    f"{' (reused)' if s.get('reused') else ''} ({n}/{len(pairs)})"
+                    f"{' (reused)' if s.get('reused') else ''} ({len(rows)}/{len(pairs)})"
                 )
+
+            # steps.match_workers(config) pairs at once, sharing each image's features
+            steps.match_frame_pairs(survey_store, frame, pairs, config, on_done=report)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(steps.data_version(survey_store, Product.SPARSE_MATCHES, frame)),
             metadata={

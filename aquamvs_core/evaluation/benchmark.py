@@ -34,14 +34,11 @@ def profile_frame(
     profiler = profiler or Profiler()
     cams = steps.StoreCameras.load(store)
     dense_pairs = steps.dense_pairs(store, pairs, config)
-    features: dict = {}
-    models: dict = {}
     sparse_matches, sparse_cloud, pairwise_depths, camera_depths, fused_cloud, mesh_stage, heightfield = (
         STAGES
     )
     with profiler.stage(sparse_matches):
-        for p in pairs:
-            steps.sparse_matches_step(store, frame, p, config, cams, models, features)
+        steps.match_frame_pairs(store, frame, pairs, config, cams)
     with profiler.stage(sparse_cloud):
         steps.sparse_cloud_step(store, frame, pairs, config)
     with profiler.stage(pairwise_depths):

@@ -63,7 +63,13 @@ from aquamvs_core.steps.ingestion import (
     verify_frames,
     write_calibration,
 )
-from aquamvs_core.steps.sparse import depth_range, sparse_cloud_step, sparse_matches_step
+from aquamvs_core.steps.sparse import (
+    depth_range,
+    match_frame_pairs,
+    match_workers,
+    sparse_cloud_step,
+    sparse_matches_step,
+)
 from aquamvs_core.steps.surface import (
     StoreViews,
     arrays_to_mesh,
@@ -106,6 +112,8 @@ __all__ = [
     "heightfield_frames",
     "heightfield_step",
     "ingest_frames",
+    "match_frame_pairs",
+    "match_workers",
     "mesh_step",
     "mesh_to_arrays",
     "pair_workers",

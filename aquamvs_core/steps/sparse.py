@@ -4,13 +4,13 @@ frame's points and derive each camera's depth search range (``sparse_cloud``).""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from aquamvs_core.config import ReconstructionConfig
-from aquamvs_core.runtime import torch_threads
+from aquamvs_core.runtime import default_workers, map_in_threads, torch_threads
 from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.stages.sparse.depth_ranges import camera_depth_ranges
 from aquamvs_core.stages.sparse.pair_matching import SparsePair, match_and_triangulate
@@ -76,6 +76,51 @@ def sparse_matches_step(
         provenance(cams, frame, config, expected, summary, ref=pair.ref, src=pair.src),
     )
     return summary
+
+
+def match_workers(config: ReconstructionConfig) -> int:
+    """How many pairs are matched at once: ``config.pair_workers``, else
+    :func:`~aquamvs_core.runtime.default_workers` of the matcher's device for SIFT, and one for the
+    LightGlue matchers (one model)."""
+    if config.pair_workers is not None:
+        return config.pair_workers
+    return default_workers(config.matching.device) if config.matching.method == "sift" else 1
+
+
+def match_frame_pairs(
+    store: SurveyStore,
+    frame: str,
+    pairs: Sequence[CameraPair],
+    config: ReconstructionConfig,
+    cams: StoreCameras | None = None,
+    on_done: Callable[[CameraPair, dict[str, Any]], None] | None = None,
+    model_cache: dict | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`sparse_matches_step` of every pair of ``frame``, :func:`match_workers` at a time (in
+    threads, see :func:`~aquamvs_core.runtime.map_in_threads`), sharing each image's features. A pair
+    and its reverse run one after the other in the same worker, so the reverse reuses the matches.
+    ``on_done(pair, summary)`` is called in the caller's thread as each pair finishes. Returns pair
+    key → summary, in the order of ``pairs``; each pair's product is written atomically by its step."""
+    cams = cams or StoreCameras.load(store)
+    model_cache = {} if model_cache is None else model_cache
+    features: dict = {}
+    groups: dict[frozenset[str], list[CameraPair]] = {}
+    for p in pairs:
+        groups.setdefault(frozenset((p.ref, p.src)), []).append(p)
+    workers = min(match_workers(config), max(len(groups), 1))
+    if workers > 1:  # one torch thread a worker (map_in_threads sets it; the steps must not change it)
+        config = config.model_copy(update={"torch_threads": 1})
+    summaries: dict[str, dict[str, Any]] = {}
+
+    def match_group(group: list[CameraPair]) -> list[dict[str, Any]]:
+        return [sparse_matches_step(store, frame, p, config, cams, model_cache, features) for p in group]
+
+    for group, results in map_in_threads(match_group, list(groups.values()), workers):
+        for pair, summary in zip(group, results, strict=True):
+            summaries[pair.key] = summary
+            if on_done is not None:
+                on_done(pair, summary)
+    return {p.key: summaries[p.key] for p in pairs}
 
 
 def sparse_cloud_step(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from aquamvs_core.runtime import TorchDevice
+from aquamvs_core.runtime import SingleFlight, TorchDevice
 
 
 class SparseMatchConfig(BaseModel):
@@ -176,17 +176,21 @@ def _sift_features(sift: cv2.SIFT, grey: np.ndarray) -> tuple[torch.Tensor, torc
 
 #: Per-image (keypoints, descriptors), and per-pair (matches, scores) of SIFT.
 FeatureCache = dict[Hashable, tuple[torch.Tensor, torch.Tensor]]
+#: Features being computed, by (cache, key).
+_COMPUTING = SingleFlight()
 
 
 def cached_features(
     cache: FeatureCache | None, key: Hashable | None, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``compute()`` once per ``key`` when a cache and a key are given (e.g. (frame, camera): an image
-    takes part in several pairs)."""
+    takes part in several pairs). Pairs matched in threads that need the same image at once wait for
+    one computation."""
     if cache is None or key is None:
         return compute()
-    if key not in cache:
-        cache[key] = compute()
+    with _COMPUTING.hold((id(cache), key)):
+        if key not in cache:
+            cache[key] = compute()
     return cache[key]
 
 
