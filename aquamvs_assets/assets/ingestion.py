@@ -10,7 +10,7 @@ from aquamvs_assets.partitions import SurveyNamespace
 from aquamvs_assets.resources import SurveyResource, ZarrStoreResource
 from aquamvs_core.preview import mosaic
 from aquamvs_core.stages.ingest import Undistorter
-from aquamvs_core.stages.pairs import CameraPair, pair_geometry
+from aquamvs_core.stages.pairs import CameraPair, lens_cameras, pair_geometry
 from aquamvs_core.steps import CODE_VERSIONS, ingest_frames, verify_frames, write_calibration
 from aquamvs_core.survey import frame_index
 
@@ -141,8 +141,9 @@ def build_ingestion_assets(ns: SurveyNamespace, pairs: list[CameraPair]) -> list
         rig = survey_store.read_rig()
         bottom_z = rig.interface.water_z + config.water_depth_m
         rows = []
+        cameras = lens_cameras(rig, sorted({n for p in pairs for n in (p.ref, p.src)}))
         for pair in pairs:
-            geometry = pair_geometry(rig, pair, bottom_z)
+            geometry = pair_geometry(rig, pair, bottom_z, cameras)
             survey_store.write_pair_geometry(pair.key, geometry)
             rows.append({k: geometry[k] for k in ("ref", "src", "baseline_m", "overlap")})
         context.log.info(f"{len(rows)} pairs at {bottom_z:.3f} m")

@@ -8,6 +8,7 @@ camera names that contain ``-`` stay unambiguous.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,19 +115,30 @@ def pair_overlap(ref: RefractiveCamera, src: RefractiveCamera, bottom_z: float, 
     return float(seen.double().mean())
 
 
-def pair_geometry(rig: Rig, pair: CameraPair, bottom_z: float) -> dict:
+def pair_geometry(
+    rig: Rig, pair: CameraPair, bottom_z: float, cameras: dict[str, RefractiveCamera] | None = None
+) -> dict:
     """Geometry of a directed pair: centre baseline (m) and overlap of ``ref``'s view of the plane
     ``Z = bottom_z`` with ``src``'s image, through the water, on the original images (lens model,
-    fold guard) (JSON-ready dict)."""
-    ref = RefractiveCamera.from_calibration(rig[pair.ref], rig.interface, with_lens=True)
-    src = RefractiveCamera.from_calibration(rig[pair.src], rig.interface, with_lens=True)
+    fold guard) (JSON-ready dict). ``cameras``: those cameras, built once for many pairs
+    (:func:`lens_cameras`)."""
+    cameras = cameras if cameras is not None else lens_cameras(rig, [pair.ref, pair.src])
     baseline = float(np.linalg.norm(rig[pair.ref].center - rig[pair.src].center))
     return {
         "ref": pair.ref,
         "src": pair.src,
         "baseline_m": round(baseline, 6),
         "bottom_z_m": bottom_z,
-        "overlap": round(pair_overlap(ref, src, bottom_z), 4),
+        "overlap": round(pair_overlap(cameras[pair.ref], cameras[pair.src], bottom_z), 4),
         "src_is_auxiliary": rig[pair.src].is_auxiliary,
         "calibration_hash": rig.content_hash,
+    }
+
+
+def lens_cameras(rig: Rig, names: Sequence[str] | None = None) -> dict[str, RefractiveCamera]:
+    """The refractive cameras of the original images (lens model) of ``names`` (default: all), each
+    built once (its lens inverse caches a lattice: ~35 ms a camera at 1600×1200)."""
+    return {
+        n: RefractiveCamera.from_calibration(rig[n], rig.interface, with_lens=True)
+        for n in (rig.camera_names if names is None else names)
     }

@@ -124,3 +124,21 @@ def test_bad_arguments(ring_rig):
         select_pairs(ring_rig, k=0)
     with pytest.raises(ValueError, match="water_depth_m"):
         select_pairs(ring_rig, k=2, water_depth_m=(0.5, 0.2))
+
+
+def test_pair_geometry_with_cameras_built_once_is_the_same(ring_rig):
+    """The calibration job builds each camera once for all pairs (``lens_cameras``): the geometry is
+    the one each pair's own cameras give; a camera overlaps itself fully, and ring neighbours tilted
+    inwards share much of the bed."""
+    from aquamvs_core.stages.pairs import lens_cameras, pair_geometry, pair_overlap
+
+    pairs = select_pairs(ring_rig, 4)[:10]
+    bottom_z = ring_rig.interface.water_z + 0.5
+    cameras = lens_cameras(ring_rig)
+    assert set(cameras) == set(ring_rig.camera_names)
+    for pair in pairs:
+        shared = pair_geometry(ring_rig, pair, bottom_z, cameras)
+        assert shared == pair_geometry(ring_rig, pair, bottom_z)
+        assert 0.3 < shared["overlap"] <= 1.0
+    cam = cameras[ring_rig.primary_names[0]]
+    assert pair_overlap(cam, cam, bottom_z) == pytest.approx(1.0, abs=1e-9)
