@@ -241,6 +241,18 @@ def test_cameras_of_the_same_calibration_share_one_solved_pixel_grid(monkeypatch
     other = lens_module.PixelInverse(K, Lens(DIST * 0.5, False), (W, H))
     grid = first.grid()
     assert again.grid() is grid and len(solved) == 1
+    # So is the lattice of starting points (for pixels off the grid), once per dtype.
+    lattices = []
+    original_table = lens_module.PixelInverse._solve_table
+    monkeypatch.setattr(
+        lens_module.PixelInverse,
+        "_solve_table",
+        lambda self, d, t: lattices.append(t) or original_table(self, d, t),
+    )
+    pixel = torch.tensor([[100.25, 50.5]], dtype=torch.float64)
+    assert again._table(pixel) is first._table(pixel) and lattices == []  # solved with the grid
+    assert other._table(pixel) is not first._table(pixel) and lattices == [torch.float64]
+    assert first._table(pixel.float()).dtype == torch.float32 and len(lattices) == 2
     other_grid = other.grid()
     assert len(solved) == 2 and other_grid is not grid
     # Each grid is the exact inverse of its own lens: distorting it gives back the pixel grid.

@@ -331,15 +331,17 @@ def test_fusing_exact_original_grid_depth_maps_with_lab_lenses(lab_lens_scene):
     assert 60 < np.median(cloud.colors.astype(float)) < 230
 
 
-def test_tile_culling_keeps_every_point_that_projects_near_a_lens_image(lab_lens_scene):
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_tile_culling_keeps_every_point_that_projects_near_a_lens_image(lab_lens_scene, stride):
     """The tiles' corner boxes bound their points' projections through the strong lab lenses too
-    (the lens compresses the periphery: projections stay inside the corners' pixel box)."""
+    (the lens compresses the periphery: projections stay inside the corners' pixel box), also with
+    a pixel stride, whose tiles are as many times larger."""
     s = lab_lens_scene
     names = list(s.depth)
     for src in names:
         view = prepare_view(src, FusionView(s.depth[src]), s.cameras[src], 0.1, torch.device("cpu"))
-        pts, _ = source_points(view, 1, 1.5, 0.001, 1 << 16)
-        assert len(pts) > 5000
+        pts, _ = source_points(view, stride, 1.5, 0.001, 1 << 16)
+        assert len(pts) > 5000 // stride**2
         used, corners = tile_boxes(pts)
         for wit in names:
             if wit == src:

@@ -2,10 +2,11 @@
 :mod:`aquamvs_core.stages.fusion.fuse`), streamed: views are loaded on demand through a bounded
 cache, and a witness is read only where the source's points can project into it.
 
-**Which witness pixels are consulted.** The source image is cut into ``TILE`` × ``TILE`` pixel
-tiles; the 8 corners of the 3-D bounding box of each tile's points are projected into each other
-camera, and a tile is tested against a camera only if the pixel box of those corners, grown by a
-margin, meets the camera's image. Cameras that no tile meets are never loaded. Over a tile the
+**Which witness pixels are consulted.** The source image is cut into tiles of ``TILE`` × ``TILE``
+source points (``TILE · stride`` pixels a side with a pixel stride); the 8 corners of the 3-D
+bounding box of each tile's points are projected into each other camera, and a tile is tested
+against a camera only if the pixel box of those corners, grown by a margin, meets the camera's
+image. Cameras that no tile meets are never loaded. Over a tile the
 refractive projection is almost affine, so the projected points stay inside the corners' pixel box
 to well under the margin (``TILE_MARGIN_PX`` plus 10 % of the box): the tiles left out are ones
 whose points would all have fallen outside the image, where nothing is sampled anyway.
@@ -28,7 +29,10 @@ from aquamvs_core.camera.sampling import SampleMode
 from aquamvs_core.stages.fusion.projection import project_points, project_xyz
 from aquamvs_core.stages.fusion.views import PreparedView, sample_view
 
-#: Side of the source tiles whose bounding boxes decide which witnesses a pixel is tested against.
+#: Side of the source tiles whose bounding boxes decide which witnesses a pixel is tested against,
+#: in source points (pixels times the pixel stride): tiles of as many points whatever the stride, so
+#: that the corners projected per point stay the same (8 for 256 points; with 16-pixel tiles at a
+#: stride of 2 they cost as much as the witness tests themselves at 1600×1200).
 TILE = 16
 #: Margin around a tile's projected corner box, pixels (plus 10 % of the box).
 TILE_MARGIN_PX = 4.0
@@ -111,6 +115,7 @@ def source_points(
         grid[::pixel_stride, ::pixel_stride] = True
         source &= grid
     flat_idx = torch.nonzero(source.reshape(-1)).squeeze(1)
+    side = TILE * pixel_stride  # tile side, pixels
     parts: list[tuple[torch.Tensor | None, ...]] = []
     for start in range(0, flat_idx.numel(), chunk):
         idx = flat_idx[start : start + chunk]
@@ -123,10 +128,10 @@ def source_points(
         x = o + s.unsqueeze(1) * d
         tol = tol_3d_mm * 1e-3 + tol_rel * s
         cols = torch.cat([x.T, tol.unsqueeze(0)]).to(WORK_DTYPE)
-        tile = (pix[:, 1].long() // TILE) * math.ceil(w / TILE) + pix[:, 0].long() // TILE
+        tile = (pix[:, 1].long() // side) * math.ceil(w / side) + pix[:, 0].long() // side
         color = vals[2:] if view.has_image else None
         parts.append((cols, d.T.to(WORK_DTYPE), vals[1].clamp_min(1e-3), color, tile))
-    n_tiles = math.ceil(h / TILE) * math.ceil(w / TILE)
+    n_tiles = math.ceil(h / side) * math.ceil(w / side)
     dev = view.planes.device
     if not parts:
         empty = torch.zeros(3, 0, dtype=WORK_DTYPE, device=dev)
