@@ -13,6 +13,7 @@ from aquamvs_core.config import ReconstructionConfig
 from aquamvs_core.runtime import default_workers, map_in_threads, torch_threads
 from aquamvs_core.stages.pairs import CameraPair
 from aquamvs_core.stages.sparse.depth_ranges import camera_depth_ranges
+from aquamvs_core.stages.sparse.matching import sift_features
 from aquamvs_core.stages.sparse.pair_matching import SparsePair, match_and_triangulate
 from aquamvs_core.steps.common import (
     StoreCameras,
@@ -26,18 +27,10 @@ from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, product_path
 
 
-def sparse_matches_step(
-    store: SurveyStore,
-    frame: str,
-    pair: CameraPair,
-    config: ReconstructionConfig,
-    cams: StoreCameras | None = None,
-    model_cache: dict | None = None,
-    feature_cache: dict | None = None,
-) -> dict[str, Any]:
-    """Match and triangulate one pair of a frame; writes ``sparse_matches/<frame>/<pair>`` (reused
-    when its fingerprint is current: the summary then has ``reused: True``). Pass the same
-    ``feature_cache`` dict for the pairs of a frame to detect each image's features once."""
+def _sparse_product(
+    store: SurveyStore, frame: str, pair: CameraPair, config: ReconstructionConfig
+) -> tuple[str, str]:
+    """The path of a pair's ``sparse_matches`` product and the fingerprint it must carry."""
     path = product_path(Product.SPARSE_MATCHES, frame, pair.key)
     expected = fingerprint(
         Product.SPARSE_MATCHES,
@@ -46,11 +39,31 @@ def sparse_matches_step(
         config.matching,
         config.triangulation,
     )
+    return path, expected
+
+
+def sparse_matches_step(
+    store: SurveyStore,
+    frame: str,
+    pair: CameraPair,
+    config: ReconstructionConfig,
+    cams: StoreCameras | None = None,
+    model_cache: dict | None = None,
+    feature_cache: dict | None = None,
+    images: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Match and triangulate one pair of a frame; writes ``sparse_matches/<frame>/<pair>`` (reused
+    when its fingerprint is current: the summary then has ``reused: True``). Pass the same
+    ``feature_cache`` dict for the pairs of a frame to detect each image's features once, and the
+    same ``images`` dict (camera → image of the frame) to read each image once."""
+    path, expected = _sparse_product(store, frame, pair, config)
     if (stored := reusable(store, path, expected)) is not None:
         return {**stored["summary"], "reused": True}
     cams = cams or StoreCameras.load(store)
     t0 = time.perf_counter()
-    images = store.read_frame(frame, [pair.ref, pair.src])
+    images = {} if images is None else images
+    if missing := [c for c in (pair.ref, pair.src) if c not in images]:
+        images.update(store.read_frame(frame, missing))
     with torch_threads(config.torch_threads):
         result = match_and_triangulate(
             images[pair.ref],
@@ -104,6 +117,7 @@ def match_frame_pairs(
     cams = cams or StoreCameras.load(store)
     model_cache = {} if model_cache is None else model_cache
     features: dict = {}
+    images: dict[str, np.ndarray] = {}  # the frame's images, each read once (~6 MB at 1600×1200)
     groups: dict[frozenset[str], list[CameraPair]] = {}
     for p in pairs:
         groups.setdefault(frozenset((p.ref, p.src)), []).append(p)
@@ -111,9 +125,22 @@ def match_frame_pairs(
     if workers > 1:  # one torch thread a worker (map_in_threads sets it; the steps must not change it)
         config = config.model_copy(update={"torch_threads": 1})
     summaries: dict[str, dict[str, Any]] = {}
+    if workers > 1 and config.matching.method == "sift":
+        # Each image's features first, side by side (the pairs would otherwise wait for each other's).
+        todo = [p for p in pairs if reusable(store, *_sparse_product(store, frame, p, config)) is None]
+        cameras = list(dict.fromkeys(n for p in todo for n in (p.ref, p.src)))
+
+        def detect(camera: str) -> None:
+            images[camera] = store.read_frame(frame, [camera])[camera]
+            sift_features(images[camera], config.matching, features, (frame, camera))
+
+        for _ in map_in_threads(detect, cameras, workers):
+            pass
 
     def match_group(group: list[CameraPair]) -> list[dict[str, Any]]:
-        return [sparse_matches_step(store, frame, p, config, cams, model_cache, features) for p in group]
+        return [
+            sparse_matches_step(store, frame, p, config, cams, model_cache, features, images) for p in group
+        ]
 
     for group, results in map_in_threads(match_group, list(groups.values()), workers):
         for pair, summary in zip(group, results, strict=True):

@@ -26,11 +26,27 @@ def test_pairs_matched_side_by_side_match_one_at_a_time(ingested, tmp_path):
     config = build_config("fast")
     assert any(p.ref == q.src and p.src == q.ref for p in pairs for q in pairs)  # reverse pairs exist
 
+    from aquamvs_core.stages.sparse import matching
+
+    detected = []
+    detect = matching._sift_features
+
+    def counted(sift, grey):
+        detected.append(grey.shape)
+        return detect(sift, grey)
+
     reported = []
     both = config.model_copy(update={"pair_workers": 2})
-    summaries = steps.match_frame_pairs(
-        store, FRAME, pairs, both, on_done=lambda p, s: reported.append((p.key, threading.current_thread()))
-    )
+    with mock.patch.object(matching, "_sift_features", counted):
+        summaries = steps.match_frame_pairs(
+            store,
+            FRAME,
+            pairs,
+            both,
+            on_done=lambda p, s: reported.append((p.key, threading.current_thread())),
+        )
+    cameras = {n for p in pairs for n in (p.ref, p.src)}
+    assert len(detected) == len(cameras)  # each image's features once, for all its pairs
     one = {p.key: steps.sparse_matches_step(serial, FRAME, p, config) for p in pairs}
     assert list(summaries) == list(one) == [p.key for p in pairs]
     assert sorted(k for k, _ in reported) == sorted(p.key for p in pairs)
@@ -44,8 +60,10 @@ def test_pairs_matched_side_by_side_match_one_at_a_time(ingested, tmp_path):
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{pair.key} {name}")
     assert sum(s["kept"] for s in summaries.values()) > 100
     # Current products are reused, by every worker.
-    again = steps.match_frame_pairs(store, FRAME, pairs, both)
-    assert all(s["reused"] for s in again.values())
+    detected.clear()
+    with mock.patch.object(matching, "_sift_features", counted):
+        again = steps.match_frame_pairs(store, FRAME, pairs, both)
+    assert all(s["reused"] for s in again.values()) and detected == []  # nothing detected for nothing
 
 
 def test_match_workers_default_to_the_cores_for_sift_on_the_cpu_only():

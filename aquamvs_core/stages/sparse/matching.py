@@ -194,6 +194,28 @@ def cached_features(
     return cache[key]
 
 
+def _sift_key(config: SparseMatchConfig, key: Hashable) -> Hashable:
+    return ("sift", config.max_keypoints, key)
+
+
+def sift_features(
+    img: np.ndarray,
+    config: SparseMatchConfig,
+    feature_cache: FeatureCache | None = None,
+    key: Hashable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2) keypoints and (N, 128) descriptors of one image, as :func:`match_sift` computes them,
+    cached under ``key`` (e.g. ``(frame, camera)``) in ``feature_cache``: computing a frame's
+    features first, side by side, leaves its pairs only the matching."""
+    check_image(img, "img")
+    cache_key = None if key is None else _sift_key(config, key)
+    return cached_features(
+        feature_cache,
+        cache_key,
+        lambda: _sift_features(cv2.SIFT_create(nfeatures=config.max_keypoints), _to_grey(img)),
+    )
+
+
 @torch.no_grad()
 def match_sift(
     img_a: np.ndarray,
@@ -211,10 +233,9 @@ def match_sift(
     config = config or SparseMatchConfig(method="sift")
     check_image(img_a, "img_a")
     check_image(img_b, "img_b")
-    sift = cv2.SIFT_create(nfeatures=config.max_keypoints)
-    ka, kb = (("sift", config.max_keypoints, k) for k in keys) if keys else (None, None)
-    kp_a, desc_a = cached_features(feature_cache, ka, lambda: _sift_features(sift, _to_grey(img_a)))
-    kp_b, desc_b = cached_features(feature_cache, kb, lambda: _sift_features(sift, _to_grey(img_b)))
+    ka, kb = (_sift_key(config, k) for k in keys) if keys else (None, None)
+    kp_a, desc_a = sift_features(img_a, config, feature_cache, keys[0] if keys else None)
+    kp_b, desc_b = sift_features(img_b, config, feature_cache, keys[1] if keys else None)
     # Mutual ratio matching is symmetric: the pair (b, a) of a frame reuses (a, b)'s matches.
     reverse = ("sift-matches", config.ratio, kb, ka) if keys else None
     if feature_cache is not None and reverse in feature_cache:
