@@ -1,4 +1,4 @@
-"""Three parts of a frame, each old way against new way on the same inputs, in one process, interleaved.
+"""Parts of a frame, each old way against new way on the same inputs, in one process, interleaved.
 
 Usage (from the repository root, on a store that a ``reconstruct`` of the survey left behind)::
 
@@ -10,6 +10,10 @@ STORE: e.g. ``OUT/.aquamvs/store.zarr`` of ``aquamvs reconstruct CALIBRATION VID
   once against in bands of rows (``lens._GRID_BAND``); the values must be equal.
 - **camera depth combination**: one camera's pair depths combined in one band against bands of rows
   (``combine._COMBINE_BAND``); the maps must be equal.
+- **hole filling between pyramid levels**: the pairs' stored world-Z maps at level 1 (2 × 2
+  means: NaN outside the pair's overlap), filled 6 times (what the sweep does for a 9-pixel window)
+  on the whole map at every iteration against only on the finite region's front
+  (:func:`~aquamvs_core.stages.stereo.refine.fill_nan`); the maps must be equal.
 - **plane sweep**: pairs of the frame with ``plane_step_px=None`` (always ``num_depths`` planes)
   against the default (as many planes as the range needs), two pairs at once in two threads as a
   ``reconstruct`` runs them; the depths are compared (median and p99 of |ΔZ| where both are valid).
@@ -39,6 +43,7 @@ from aquamvs_core.runtime import map_in_threads  # noqa: E402
 from aquamvs_core.stages.pairs import CameraPair  # noqa: E402
 from aquamvs_core.stages.stereo import combine as combine_module  # noqa: E402
 from aquamvs_core.stages.stereo.plane_sweep import sweep_pair  # noqa: E402
+from aquamvs_core.stages.stereo.refine import fill_nan, smooth_surface  # noqa: E402
 from aquamvs_core.steps.common import StoreCameras  # noqa: E402
 from aquamvs_core.steps.depth import frame_views, read_pair_depth  # noqa: E402
 from aquamvs_core.steps.sparse import depth_range  # noqa: E402
@@ -93,6 +98,37 @@ def combination(store: SurveyStore, frame: str, camera: str, rounds: int) -> dic
         for k in ("depth", "confidence", "support")
     )
     return {"times": times, "same": same, "pairs": len(pairs), "camera": camera}
+
+
+def _whole_map_fill(z: torch.Tensor, iterations: int) -> torch.Tensor:
+    """The hole filling as it was: every iteration on the whole map."""
+    for _ in range(iterations):
+        finite = torch.isfinite(z)
+        if bool(finite.all()) or not bool(finite.any()):
+            break
+        z = torch.where(finite, z, smooth_surface(z, 3))
+    return z
+
+
+def hole_filling(store: SurveyStore, frame: str, rounds: int, n_maps: int, iterations: int = 6) -> dict:
+    keys = sorted(store.list_products(product_path(Product.PAIRWISE_DEPTHS, frame)))[:n_maps]
+    maps = []
+    for key in keys:
+        z = torch.from_numpy(store.read_product(product_path(Product.PAIRWISE_DEPTHS, frame, key))["world_z"])
+        maps.append(torch.nn.functional.avg_pool2d(z[None, None], 2)[0, 0])
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    same = True
+    for _ in range(rounds):
+        for side, fill in (("old", _whole_map_fill), ("new", fill_nan)):
+            t = time.perf_counter()
+            filled = [fill(z, iterations) for z in maps]
+            times[side].append(time.perf_counter() - t)
+            if side == "old":
+                reference = filled
+        same &= all(_same(a, b) for a, b in zip(reference, filled, strict=True))
+    holes = statistics.mean(float(torch.isnan(z).float().mean()) for z in maps)
+    size = f"{maps[0].shape[1]}×{maps[0].shape[0]}"
+    return {"times": times, "same": same, "maps": len(maps), "holes": holes, "size": size}
 
 
 def sweep(store: SurveyStore, frame: str, cams: StoreCameras, rounds: int, n_pairs: int) -> dict:
@@ -162,6 +198,7 @@ def main() -> None:
     grid = lens_grid(cams, args.rounds)
     camera = sorted(cams.cameras)[0]
     comb = combination(store, frame, camera, args.rounds)
+    fill = hole_filling(store, frame, args.rounds, args.pairs)
     sw = sweep(store, frame, cams, args.rounds, args.pairs)
     load1 = os.getloadavg()[0]
 
@@ -182,6 +219,11 @@ def main() -> None:
         f"| camera depth combination, {comb['camera']} ({comb['pairs']} pairs) | one band | bands of "
         f"{combine_module._COMBINE_BAND} tests | {med(comb['times']['old'])} | {med(comb['times']['new'])} | "
         f"{'equal' if comb['same'] else '**differs**'} |"
+    )
+    rows.append(
+        f"| hole filling, {fill['maps']} level-1 maps ({fill['size']}, {100 * fill['holes']:.0f} % missing), "
+        f"6 iterations | whole map | the front | {med(fill['times']['old'])} | {med(fill['times']['new'])} | "
+        f"{'equal' if fill['same'] else '**differs**'} |"
     )
     rows.append(
         f"| plane sweep, {sw['pairs']} pairs in 2 threads | {sw['planes'][0]} planes | "
@@ -213,7 +255,12 @@ def main() -> None:
             + "; ".join(
                 f"{name} old {', '.join(f'{t:.3f}' for t in part['times']['old'])} / new "
                 f"{', '.join(f'{t:.3f}' for t in part['times']['new'])}"
-                for name, part in (("lens grid", grid), ("combination", comb), ("sweep", sw))
+                for name, part in (
+                    ("lens grid", grid),
+                    ("combination", comb),
+                    ("hole filling", fill),
+                    ("sweep", sw),
+                )
                 if "times" in part
             ),
             "",

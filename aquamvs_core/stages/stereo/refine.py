@@ -17,14 +17,54 @@ from aquamvs_core.stages.stereo.sweep import gather_planes, parabola_peak
 
 
 def fill_nan(z: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Fill NaN pixels of an (H, W) map next to finite ones with the mean of their finite 3×3
-    neighbours, ``iterations`` times (grows the finite region by one pixel per iteration)."""
+    """Fill non-finite pixels of an (H, W) map next to finite ones with the mean of their finite 3×3
+    neighbours, ``iterations`` times (grows the finite region by one pixel per iteration): each
+    iteration is ``where(finite, z, smooth_surface(z, 3))``.
+
+    Only the front of the finite region changes, so each iteration is computed there alone (the
+    pixels without a finite value and with a finite neighbour), with the window sums of
+    :func:`smooth_surface` taken in the same order: the same values, bit for bit, at a few percent
+    of the cost of whole-map iterations."""
+    finite = torch.isfinite(z)
+    if iterations <= 0 or bool(finite.all()) or not bool(finite.any()):
+        return z
+    h, w = z.shape
+    wp = w + 2
+    # A padded working copy: the NaN border is missing, as smooth_surface's zero padding; the first
+    # iteration turns every non-finite pixel it cannot fill (an infinity too) into NaN.
+    zp = F.pad(torch.where(finite, z, math.nan), (1, 1, 1, 1), value=math.nan)
+    flat = zp.view(-1)
+    near = window_sum(F.pad(finite.to(z.dtype), (1, 1, 1, 1)), 3) > 0
+    rows, cols = torch.nonzero(near & ~finite, as_tuple=True)
+    front = (rows + 1) * wp + cols + 1  # padded flat indices
+    offsets = torch.tensor(
+        [dr * wp + dc for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc], device=z.device
+    )
     for _ in range(iterations):
-        finite = torch.isfinite(z)
-        if bool(finite.all()) or not bool(finite.any()):
+        if front.numel() == 0:
             break
-        z = torch.where(finite, z, smooth_surface(z, 3))  # NaN where no neighbour is finite
-    return z
+        sums, counts = [], []
+        for dc in (-1, 0, 1):  # window_sum's order: down the rows, then along them
+            taps = [flat.index_select(0, front + dr * wp + dc) for dr in (-1, 0, 1)]
+            ok = [torch.isfinite(t) for t in taps]
+            v = [torch.where(o, t, torch.zeros_like(t)) for o, t in zip(ok, taps, strict=True)]
+            f = [o.to(z.dtype) for o in ok]
+            sums.append(v[0] + (v[1] + v[2]))
+            counts.append(f[0] + (f[1] + f[2]))
+        total = sums[0] + (sums[1] + sums[2])
+        count = counts[0] + (counts[1] + counts[2])
+        filled = count > 0
+        flat[front] = torch.where(filled, total / count.clamp_min(1.0), torch.full_like(total, math.nan))
+        # The next front: the still missing neighbours of the pixels just filled.
+        grown = front[filled]
+        if grown.numel() == 0:
+            break
+        nxt = torch.unique((grown.unsqueeze(1) + offsets).reshape(-1))
+        r, c = nxt // wp, nxt % wp
+        inside = (r >= 1) & (r <= h) & (c >= 1) & (c <= w)
+        nxt = nxt[inside]
+        front = nxt[~torch.isfinite(flat.index_select(0, nxt))]
+    return zp[1:-1, 1:-1].contiguous()
 
 
 def smooth_surface(z: torch.Tensor, size: int) -> torch.Tensor:
