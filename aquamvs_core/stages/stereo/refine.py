@@ -23,8 +23,9 @@ def fill_nan(z: torch.Tensor, iterations: int) -> torch.Tensor:
 
     Only the front of the finite region changes, so each iteration is computed there alone (the
     pixels without a finite value and with a finite neighbour), with the window sums of
-    :func:`smooth_surface` taken in the same order: the same values, bit for bit, at a few percent
-    of the cost of whole-map iterations."""
+    :func:`smooth_surface` taken in the same order: the same values, bit for bit, at about a quarter
+    of the cost of whole-map iterations on the rig's level-1 maps
+    (``benchmarks/results/parts_rig1600_9d0ebca_cpu.md``)."""
     finite = torch.isfinite(z)
     if iterations <= 0 or bool(finite.all()) or not bool(finite.any()):
         return z
