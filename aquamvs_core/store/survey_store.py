@@ -52,6 +52,10 @@ def _check_product_path(path: str) -> list[str]:
     return parts
 
 
+#: Reads of a product that another writer replaced meanwhile, before giving up.
+PRODUCT_READ_ATTEMPTS = 5
+
+
 class SurveyStore:
     """A survey's Zarr store (see the module docstring for the layout and commit protocol).
 
@@ -257,14 +261,33 @@ class SurveyStore:
         return self._committed_product(path).attrs.asdict()
 
     def read_product(self, path: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Arrays of a committed product (all, or ``names``)."""
-        group = self._committed_product(path)
-        wanted = list(group.attrs["arrays"]) if names is None else list(names)
-        missing = [n for n in wanted if n not in group.attrs["arrays"]]
-        if missing:
-            raise StoreKeyError(f"{self._root}: product {path} has no array(s) {missing}")
-        contents = committed_contents(group)
-        return {n: contents[n][...] for n in wanted}
+        """Arrays of a committed product (all, or ``names``), all of one version that was still the
+        committed one when they had been read. Another writer may commit a new version and delete
+        the one being read (two runs of one frame at once; a deleted chunk would read as fill
+        values): the read then starts again on the new version, up to
+        :data:`PRODUCT_READ_ATTEMPTS` times."""
+        names = None if names is None else list(names)
+        for _ in range(PRODUCT_READ_ATTEMPTS):
+            group = self._committed_product(path)
+            attrs = group.attrs.asdict()
+            wanted = list(attrs["arrays"]) if names is None else names
+            missing = [n for n in wanted if n not in attrs["arrays"]]
+            if missing:
+                raise StoreKeyError(f"{self._root}: product {path} has no array(s) {missing}")
+            failure: Exception | None = None
+            try:
+                contents = group[attrs[VERSION]]
+                arrays = {n: contents[n][...] for n in wanted}
+            except (KeyError, FileNotFoundError) as exc:
+                failure = exc
+            current = self._group.get(f"{PRODUCTS}/{path}")
+            if isinstance(current, zarr.Group) and current.attrs.get(VERSION) == attrs[VERSION]:
+                if failure is not None:  # the committed version itself is broken
+                    raise failure
+                return arrays
+        raise StoreError(
+            f"{self._root}: product {path} was rewritten {PRODUCT_READ_ATTEMPTS} times while being read"
+        )
 
     def list_products(self, prefix: str) -> list[str]:
         """Names of the committed products directly under ``products/<prefix>``, sorted."""

@@ -81,3 +81,54 @@ def test_product_paths_lists_every_committed_part(store):
     ]
     assert store.product_paths("fused_cloud") == ["fused_cloud/f000001"]
     assert store.product_paths("mesh") == []
+
+
+@pytest.mark.parametrize("when", ["before the arrays", "after the arrays"])
+def test_a_product_rewritten_while_being_read_is_read_whole_from_the_new_version(store, monkeypatch, when):
+    """Another writer commits a new version of the product, and deletes the one being read, in the
+    middle of a read (two runs of one frame at once): before its arrays are read (they are gone) or
+    after (its chunks may have been deleted under the reader). The read returns the new version,
+    whole, never a mixture; a committed version that is itself broken is an error, not a loop."""
+    from aquamvs_core.store import survey_store as module
+
+    old = {"a": np.full((4, 4), 1.0, np.float32), "b": np.full((3,), 1.0)}
+    new = {"a": np.full((4, 4), 2.0, np.float32), "b": np.full((3,), 2.0)}
+    store.write_product("heightfield/f000001", old)
+    real_get = SurveyStore._committed_product
+    rewrites = []
+
+    def rewrite_once():
+        if not rewrites:
+            rewrites.append(1)
+            writer = SurveyStore(store.root)
+            writer.write_product("heightfield/f000001", new)
+
+    def committed_then_rewritten(self, path):
+        group = real_get(self, path)
+        if when == "before the arrays":
+            rewrite_once()
+        return group
+
+    monkeypatch.setattr(SurveyStore, "_committed_product", committed_then_rewritten)
+    if when == "after the arrays":
+        real_group_get = module.zarr.Group.get
+        reads = {"n": 0}
+
+        def get_after_the_arrays(self, key, *args, **kwargs):
+            if key == "products/heightfield/f000001":
+                reads["n"] += 1
+                if reads["n"] == 2:  # 1: the committed product is found; 2: the check after its arrays
+                    rewrite_once()
+            return real_group_get(self, key, *args, **kwargs)
+
+        monkeypatch.setattr(module.zarr.Group, "get", get_after_the_arrays)
+    got = store.read_product("heightfield/f000001")
+    assert rewrites == [1]
+    for name in new:
+        np.testing.assert_array_equal(got[name], new[name])
+    monkeypatch.undo()
+    # A committed version whose arrays are gone (not a rewrite): the error is raised.
+    attrs = store.product_attrs("heightfield/f000001")
+    del store._group[f"products/heightfield/f000001/{attrs['version']}"]
+    with pytest.raises((KeyError, FileNotFoundError)):
+        store.read_product("heightfield/f000001")
