@@ -7,7 +7,8 @@ then commits it with a single put of the group's attrs, and only then deletes th
 replaced. So:
 
 * a reader sees the previous version, complete, until the commit, and the new one, complete, after;
-  never a mixture;
+  never a mixture (a reader still reading the previous version when it is deleted reads again:
+  :meth:`~aquamvs_core.store.survey_store.SurveyStore.read_product`);
 * a crash at any point leaves the previous version committed (or, for a new group, nothing that
   reads as complete), plus an uncommitted version that no reader looks at;
 * two writers of one group at once each write their own version; the last commit wins cleanly.
