@@ -159,6 +159,13 @@ def dense_pairs(
     return [p for p in pairs if p.src not in aux]
 
 
+def worker_config(config: ReconstructionConfig, workers: int) -> ReconstructionConfig:
+    """``config`` for steps run by :func:`~aquamvs_core.runtime.map_in_threads` with ``workers``
+    workers: one torch thread each when there are several (map_in_threads sets it; the steps must
+    not change it), else ``config`` itself."""
+    return config.model_copy(update={"torch_threads": 1}) if workers > 1 else config
+
+
 def provenance(
     store_cams: StoreCameras,
     frame: str,

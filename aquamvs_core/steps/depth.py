@@ -32,6 +32,7 @@ from aquamvs_core.steps.common import (
     product_fingerprint,
     provenance,
     reusable,
+    worker_config,
 )
 from aquamvs_core.steps.sparse import depth_range
 from aquamvs_core.store import SurveyStore
@@ -128,8 +129,7 @@ def sweep_frame_pairs(
     the finished pairs in the store and nothing half-written."""
     cams = cams or StoreCameras.load(store)
     workers = min(pair_workers(config), max(len(pairs), 1))
-    if workers > 1:  # one torch thread a worker (map_in_threads sets it; the steps must not change it)
-        config = config.model_copy(update={"torch_threads": 1})
+    config = worker_config(config, workers)
     views = frame_views(store, frame, cams, config)  # a camera read and prepared once for a run of pairs
     summaries = {}
     for pair, summary in map_in_threads(

@@ -22,6 +22,7 @@ from aquamvs_core.steps.common import (
     product_fingerprint,
     provenance,
     reusable,
+    worker_config,
 )
 from aquamvs_core.store import SurveyStore
 from aquamvs_core.survey import Product, product_path
@@ -107,7 +108,6 @@ def match_frame_pairs(
     config: ReconstructionConfig,
     cams: StoreCameras | None = None,
     on_done: Callable[[CameraPair, dict[str, Any]], None] | None = None,
-    model_cache: dict | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`sparse_matches_step` of every pair of ``frame``, :func:`match_workers` at a time (in
     threads, see :func:`~aquamvs_core.runtime.map_in_threads`), sharing each image's features. A pair
@@ -115,15 +115,14 @@ def match_frame_pairs(
     ``on_done(pair, summary)`` is called in the caller's thread as each pair finishes. Returns pair
     key → summary, in the order of ``pairs``; each pair's product is written atomically by its step."""
     cams = cams or StoreCameras.load(store)
-    model_cache = {} if model_cache is None else model_cache
+    model_cache: dict = {}  # LightGlue's networks, loaded once for the frame
     features: dict = {}
     images: dict[str, np.ndarray] = {}  # the frame's images, each read once (~6 MB at 1600×1200)
     groups: dict[frozenset[str], list[CameraPair]] = {}
     for p in pairs:
         groups.setdefault(frozenset((p.ref, p.src)), []).append(p)
     workers = min(match_workers(config), max(len(groups), 1))
-    if workers > 1:  # one torch thread a worker (map_in_threads sets it; the steps must not change it)
-        config = config.model_copy(update={"torch_threads": 1})
+    config = worker_config(config, workers)
     summaries: dict[str, dict[str, Any]] = {}
     if workers > 1 and config.matching.method == "sift":
         # Each image's features first, side by side (the pairs would otherwise wait for each other's).
