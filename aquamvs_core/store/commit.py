@@ -7,8 +7,9 @@ then commits it with a single put of the group's attrs, and only then deletes th
 replaced. So:
 
 * a reader sees the previous version, complete, until the commit, and the new one, complete, after;
-  never a mixture (a reader still reading the previous version when it is deleted reads again:
-  :meth:`~aquamvs_core.store.survey_store.SurveyStore.read_product`);
+  never a mixture: :func:`read_committed` returns only what it read from a version that was still
+  the committed one afterwards, and reads again when another writer replaced (and deleted) it
+  meanwhile;
 * a crash at any point leaves the previous version committed (or, for a new group, nothing that
   reads as complete), plus an uncommitted version that no reader looks at;
 * two writers of one group at once each write their own version; the last commit wins cleanly.
@@ -24,14 +25,17 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from aquamvs_core.store.layout import StoreError
+
 __all__ = [
     "COMPLETE",
+    "READ_ATTEMPTS",
     "VERSION",
     "VERSION_NAME",
     "commit_group",
@@ -39,6 +43,7 @@ __all__ = [
     "is_committed",
     "json_attrs",
     "now",
+    "read_committed",
     "row_chunks",
     "write_array",
     "write_arrays",
@@ -50,6 +55,8 @@ COMPLETE = "complete"
 VERSION = "version"
 #: How versions are named.
 VERSION_NAME = re.compile(r"v[0-9a-f]{16}")
+#: Reads of a group that another writer replaced meanwhile, before :func:`read_committed` gives up.
+READ_ATTEMPTS = 5
 #: Rows per chunk of long (N, ...) arrays such as point clouds.
 PRODUCT_CHUNK_ROWS = 1 << 20
 #: Compressor of every array the store writes: Blosc lz4 with byte shuffle (lossless). On 1600×1200
@@ -138,3 +145,45 @@ def commit_group(
 def committed_contents(group: zarr.Group) -> zarr.Group:
     """The subgroup holding a committed group's arrays (its committed version)."""
     return group[group.attrs[VERSION]]
+
+
+T = TypeVar("T")
+
+
+def read_committed(
+    locate: Callable[[], zarr.Group], read: Callable[[zarr.Group, dict[str, Any]], T], what: str
+) -> T:
+    """``read(contents, attrs)`` of the committed version of the group that ``locate()`` opens,
+    returned only if that version is still the committed one once the read is done.
+
+    Another writer may commit a new version meanwhile and delete the one being read (two runs of one
+    frame at once): its arrays are then gone, or some chunks are, which would read as fill values.
+    The read then starts again on the new version, at most :data:`READ_ATTEMPTS` times. A committed
+    version that is itself broken (an array missing although nobody replaced it) raises its error.
+
+    Args:
+        locate: opens the group afresh (so its attrs are current); raises a
+            :class:`~aquamvs_core.store.layout.StoreError` when nothing is committed there.
+        read: reads what is wanted from the version's subgroup, given the group's attrs.
+        what: the group, for the error message.
+
+    Raises:
+        StoreError: from ``locate``, or the group was rewritten at every attempt.
+    """
+    for _ in range(READ_ATTEMPTS):
+        group = locate()
+        attrs = group.attrs.asdict()
+        failure: Exception | None = None
+        try:
+            value = read(group[attrs[VERSION]], attrs)
+        except (KeyError, FileNotFoundError) as exc:
+            failure = exc
+        try:
+            still = locate().attrs.get(VERSION) == attrs[VERSION]
+        except StoreError:  # uncommitted or deleted meanwhile: the next attempt says which
+            still = False
+        if still:
+            if failure is not None:
+                raise failure
+            return value
+    raise StoreError(f"{what} was rewritten {READ_ATTEMPTS} times while being read")

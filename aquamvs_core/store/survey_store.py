@@ -21,9 +21,9 @@ from aquamvs_core.store.commit import (
     VERSION,
     VERSION_NAME,
     commit_group,
-    committed_contents,
     is_committed,
     json_attrs,
+    read_committed,
     row_chunks,
     write_arrays,
 )
@@ -50,10 +50,6 @@ def _check_product_path(path: str) -> list[str]:
     if any(not p or p.startswith(".") or not all(c.isalnum() or c in "_.-" for c in p) for p in parts):
         raise ValueError(f"invalid product path {path!r}: use '/'-separated names of letters, digits, '_.-'")
     return parts
-
-
-#: Reads of a product that another writer replaced meanwhile, before giving up.
-PRODUCT_READ_ATTEMPTS = 5
 
 
 class SurveyStore:
@@ -193,10 +189,15 @@ class SurveyStore:
         return list(self.read_calibration().get("lens_cameras", []))
 
     def read_valid_masks(self) -> dict[str, np.ndarray]:
-        """Camera → (H, W) bool validity mask of the undistorted images."""
-        group = self._calibration_group()
-        masks = committed_contents(group)[VALID_MASK]
-        return {cam: np.asarray(masks[cam][...], dtype=bool) for cam in group.attrs["cameras"]}
+        """Camera → (H, W) bool validity mask of the undistorted images, all from one version of the
+        calibration (read again when it is rewritten meanwhile:
+        :func:`~aquamvs_core.store.commit.read_committed`)."""
+
+        def read(contents: zarr.Group, attrs: dict[str, Any]) -> dict[str, np.ndarray]:
+            masks = contents[VALID_MASK]
+            return {cam: np.asarray(masks[cam][...], dtype=bool) for cam in attrs["cameras"]}
+
+        return read_committed(self._calibration_group, read, f"{self._root}: the calibration")
 
     def _calibration_group(self) -> zarr.Group:
         group = self._group.get(CALIBRATION)
@@ -262,32 +263,18 @@ class SurveyStore:
 
     def read_product(self, path: str, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays of a committed product (all, or ``names``), all of one version that was still the
-        committed one when they had been read. Another writer may commit a new version and delete
-        the one being read (two runs of one frame at once; a deleted chunk would read as fill
-        values): the read then starts again on the new version, up to
-        :data:`PRODUCT_READ_ATTEMPTS` times."""
-        names = None if names is None else list(names)
-        for _ in range(PRODUCT_READ_ATTEMPTS):
-            group = self._committed_product(path)
-            attrs = group.attrs.asdict()
-            wanted = list(attrs["arrays"]) if names is None else names
+        committed one when they had been read (:func:`~aquamvs_core.store.commit.read_committed`:
+        a product rewritten meanwhile by another run is read again from its new version)."""
+        wanted_names = None if names is None else list(names)
+
+        def read(contents: zarr.Group, attrs: dict[str, Any]) -> dict[str, np.ndarray]:
+            wanted = list(attrs["arrays"]) if wanted_names is None else wanted_names
             missing = [n for n in wanted if n not in attrs["arrays"]]
             if missing:
                 raise StoreKeyError(f"{self._root}: product {path} has no array(s) {missing}")
-            failure: Exception | None = None
-            try:
-                contents = group[attrs[VERSION]]
-                arrays = {n: contents[n][...] for n in wanted}
-            except (KeyError, FileNotFoundError) as exc:
-                failure = exc
-            current = self._group.get(f"{PRODUCTS}/{path}")
-            if isinstance(current, zarr.Group) and current.attrs.get(VERSION) == attrs[VERSION]:
-                if failure is not None:  # the committed version itself is broken
-                    raise failure
-                return arrays
-        raise StoreError(
-            f"{self._root}: product {path} was rewritten {PRODUCT_READ_ATTEMPTS} times while being read"
-        )
+            return {n: contents[n][...] for n in wanted}
+
+        return read_committed(lambda: self._committed_product(path), read, f"{self._root}: product {path}")
 
     def list_products(self, prefix: str) -> list[str]:
         """Names of the committed products directly under ``products/<prefix>``, sorted."""

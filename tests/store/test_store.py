@@ -201,6 +201,65 @@ def test_calibration_rewrite_crash_keeps_the_previous_calibration(
     assert all(m.all() for m in store.read_valid_masks().values())
 
 
+@pytest.mark.parametrize("when", ["before the masks", "after the masks"])
+def test_masks_of_a_calibration_rewritten_while_being_read_come_whole_from_the_new_version(
+    store_root, survey_aquacal_dict, monkeypatch, when
+):
+    """Another writer recommits the calibration (new masks) and deletes the version being read, in
+    the middle of ``read_valid_masks``: before the masks are read (they are gone) or after (their
+    chunks may have been deleted under the reader). All masks come from the new version; a
+    committed version whose masks are missing is an error, not a loop."""
+    rig = parse_calibration(survey_aquacal_dict(CAMERAS))
+    Ks = {cam: np.eye(3) for cam in CAMERAS}
+    old = {cam: np.ones((H, W), bool) for cam in CAMERAS}
+    new = {cam: np.arange(H * W).reshape(H, W) % (i + 2) == 0 for i, cam in enumerate(CAMERAS)}
+    store = SurveyStore(store_root)
+    store.write_calibration(rig, Ks, old)
+    real_locate = SurveyStore._calibration_group
+    calls = {"n": 0}
+
+    def locate_then_rewrite(self):
+        calls["n"] += 1
+        group = real_locate(self)
+        # 1: the committed calibration is found; 2: the check once its masks are read.
+        if calls["n"] == (1 if when == "before the masks" else 2):
+            SurveyStore(store_root).write_calibration(rig, Ks, new)
+            if when == "after the masks":
+                group = real_locate(self)  # the check sees the new commit
+        return group
+
+    monkeypatch.setattr(SurveyStore, "_calibration_group", locate_then_rewrite)
+    got = store.read_valid_masks()
+    assert calls["n"] >= 3  # read again
+    assert list(got) == CAMERAS
+    for cam in CAMERAS:
+        np.testing.assert_array_equal(got[cam], new[cam])
+    monkeypatch.undo()
+    version = store.read_calibration()["version"]
+    raw = zarr.open_group(store_mod.open_zarr_store(store_root), mode="r+")
+    del raw[f"calibration/{version}/valid_mask/cam1"]
+    with pytest.raises((KeyError, FileNotFoundError)):
+        store.read_valid_masks()
+
+
+def test_a_group_rewritten_at_every_read_is_an_error_not_a_loop(store_root, survey_aquacal_dict, monkeypatch):
+    rig = parse_calibration(survey_aquacal_dict(CAMERAS))
+    Ks = {cam: np.eye(3) for cam in CAMERAS}
+    masks = {cam: np.ones((H, W), bool) for cam in CAMERAS}
+    store = SurveyStore(store_root)
+    store.write_calibration(rig, Ks, masks)
+    real_locate = SurveyStore._calibration_group
+
+    def always_rewritten(self):
+        group = real_locate(self)
+        SurveyStore(store_root).write_calibration(rig, Ks, masks)
+        return group
+
+    monkeypatch.setattr(SurveyStore, "_calibration_group", always_rewritten)
+    with pytest.raises(StoreError, match=f"rewritten {commit_mod.READ_ATTEMPTS} times"):
+        store.read_valid_masks()
+
+
 # --------------------------------------------------------------------------------------------
 # Commit marker
 # --------------------------------------------------------------------------------------------
