@@ -15,7 +15,7 @@ import dagster as dg
 from aquamvs_assets.assets.surface import QUALITY_CHECK
 from aquamvs_assets.project import DEMO_SURVEY_DIR, PROJECT_ROOT, ensure_dagster_home
 from aquamvs_assets.resources import ReconstructionSettings, RomaMatcher
-from aquamvs_assets.runner import ReconstructionRun, run_ingestion, run_reconstruction
+from aquamvs_assets.runner import ReconstructionRun, run_ingestion, run_reconstruction, selected_frame_keys
 from aquamvs_core.camera.calibration import CalibrationError
 from aquamvs_core.config import Pathway, Preset
 from aquamvs_core.survey import SurveyError, frame_key, load_survey_spec
@@ -139,11 +139,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         ground_truth=ground_truth,
     )
     with Survey.open(spec) as survey:  # calibration, inputs and their frame counts: errors now
-        bad = [i for i in frames or [] if not 0 <= i < survey.num_frames]
-        if bad:
-            raise SurveyError(
-                f"--frames: {bad} are outside the survey's {survey.num_frames} frames ({inputs})"
-            )
+        keys = selected_frame_keys(survey, frames, "--frames")
     settings = ReconstructionSettings(
         profile=args.profile,
         preset=args.preset,
@@ -158,11 +154,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         survey_file,
         instance,
         settings,
-        frames,
-        roma,
+        roma=roma,
         on_frame=lambda key, n, total: print(
             f"frame {key} done ({n}/{total}, {time.perf_counter() - t0:.0f} s)"
         ),
+        keys=keys,
     )
     store = SurveyStore(spec.store, read_only=True)
     for key in run.frame_keys:

@@ -70,17 +70,24 @@ def run_job(
     return result
 
 
-def frame_keys(survey_file: Path, frames: list[int] | None) -> list[str]:
-    """Keys of ``frames`` (default: the survey's selection), checked against the survey's inputs."""
-    spec = load_survey_spec(survey_file)
-    with Survey.open(spec) as survey:
-        indices = survey.frame_indices if frames is None else frames
-        bad = [i for i in indices if not 0 <= i < survey.num_frames]
-        if bad:
-            raise SurveyError(f"frames {bad} are outside the survey's {survey.num_frames} frames")
+def selected_frame_keys(survey: Survey, frames: Sequence[int] | None, what: str = "frames") -> list[str]:
+    """Keys of ``frames`` (default: the survey's selection), checked against the open ``survey``'s
+    inputs; ``what`` names the frames in the errors (e.g. a CLI option)."""
+    indices = survey.frame_indices if frames is None else list(frames)
+    bad = [i for i in indices if not 0 <= i < survey.num_frames]
+    if bad:
+        raise SurveyError(
+            f"{what}: {bad} are outside the survey's {survey.num_frames} frames ({survey.spec.inputs})"
+        )
     if not indices:
-        raise SurveyError(f"{survey_file}: the frame selection is empty")
+        raise SurveyError(f"{survey.spec.name}: the frame selection is empty")
     return [frame_key(i) for i in indices]
+
+
+def frame_keys(survey_file: Path, frames: list[int] | None) -> list[str]:
+    """:func:`selected_frame_keys` of the survey of ``survey_file`` (opened for it)."""
+    with Survey.open(load_survey_spec(survey_file)) as survey:
+        return selected_frame_keys(survey, frames)
 
 
 def _ensure_calibration(defs: dg.Definitions, instance: dg.DagsterInstance, survey_file: Path) -> None:
@@ -153,11 +160,14 @@ def run_reconstruction(
     frames: list[int] | None = None,
     roma: RomaMatcher | None = None,
     on_frame: Callable[[str, int, int], None] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> ReconstructionRun:
     """Store the calibration if needed, then run each frame's whole chain (one run per frame, in
     frame order, so that each frame's bed change finds the frame before it), then the change
-    table. ``on_frame(frame, done, total)`` is called after each frame."""
-    keys = sorted(set(frame_keys(survey_file, frames)), key=frame_index)
+    table. ``on_frame(frame, done, total)`` is called after each frame. ``keys``: the frame keys
+    already checked by :func:`selected_frame_keys` (then ``frames`` is not used and the survey's
+    inputs are not opened again)."""
+    keys = sorted(set(keys if keys is not None else frame_keys(survey_file, frames)), key=frame_index)
     defs = build_definitions(survey_file, settings, roma)
     ns = SurveyNamespace(load_survey_spec(survey_file).name)
     reap_dead_runs(instance)

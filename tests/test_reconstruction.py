@@ -17,7 +17,7 @@ from aquamvs_assets.cli import main as cli_main
 from aquamvs_core.config import ConfigError, build_config
 from aquamvs_core.evaluation.metrics import mesh_metrics, reconstruction_metrics
 from aquamvs_core.store import SurveyStore
-from aquamvs_core.survey import Product, product_path
+from aquamvs_core.survey import Product, Survey, product_path
 from aquamvs_core.survey.video import VideoSource
 from aquamvs_core.synthetic import SyntheticSurveyConfig, generate_survey, load_ground_truth
 
@@ -57,8 +57,16 @@ def survey(tmp_path_factory):
     return survey_file.parent, images
 
 
-def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path, capsys):
+def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path, capsys, monkeypatch):
     survey_dir, images = survey
+    opened = []
+    real_open = Survey.open.__func__
+
+    def counted_open(cls, spec):
+        opened.append(spec)
+        return real_open(cls, spec)
+
+    monkeypatch.setattr(Survey, "open", classmethod(counted_open))
     config_file = tmp_path / "ci.yaml"
     config_file.write_text(yaml.safe_dump({"quality": CI_TARGETS, "heightfield": CI_HEIGHTFIELD}))
     out = tmp_path / "out"
@@ -88,6 +96,9 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
+    # The inputs are opened by the CLI (its checks, and the frame keys it hands on), then by each
+    # frame's ingestion and by its verification (fresh decoders): 1 + 2 per frame.
+    assert len(opened) == 1 + 2 * 2
     assert "quality vs ground truth (met)" in printed
     assert "top bottlenecks (profiled stages):" in printed and printed.count("% of the time") == 3
 
