@@ -162,6 +162,28 @@ def test_outlier_removal_and_normals_match_open3d():
     assert np.median(dots[~few]) > 1 - 1e-9 and np.quantile(dots[~few], 0.99) > 0.9999
 
 
+def test_normals_computed_side_by_side_are_those_of_one_thread_and_of_open3d(monkeypatch):
+    """The neighbour search in 8 chunks whose normals are computed 3 at a time: bit for bit the
+    normals of one thread, and Open3D's. Points 3 mm above the surface are removed as outliers and
+    are among the nearest of the points below them, whose normals then come from their other
+    neighbours (the masked path)."""
+    from aquamvs_core.stages.fusion import cleanup
+
+    surface = _surface_with_outliers()[:-20]
+    above = surface[:12] - [0.0, 0.0, 0.003]
+    pts = np.r_[above, surface]
+    monkeypatch.setattr(cleanup, "KNN_CHUNK", 4096)
+    keep, normals = outliers_and_normals(pts, 20, 3.0, 30, workers=3)
+    keep_1, normals_1 = outliers_and_normals(pts, 20, 3.0, 30, workers=1)
+    assert not keep[:12].any() and keep[12:].mean() > 0.99
+    np.testing.assert_array_equal(keep, keep_1)
+    np.testing.assert_array_equal(normals, normals_1)
+    kept = o3d.t.geometry.PointCloud(o3c.Tensor(pts[keep]))
+    kept.estimate_normals(max_nn=30)
+    dots = np.abs(np.einsum("ij,ij->i", normals, kept.point.normals.numpy()))
+    assert np.quantile(dots, 0.999) > 1 - 1e-9 and dots.min() > 0.99
+
+
 def test_tile_culling_keeps_every_point_that_projects_near_the_image(gt_scene):
     names = list(gt_scene.depth)
     cams = dict(gt_scene.cameras)

@@ -15,6 +15,8 @@ import numpy as np
 import open3d.core as o3c
 import torch
 
+from aquamvs_core.runtime import map_in_threads
+
 #: Cloud attributes carried through the voxel grid, with their widths.
 VOXEL_ATTRS = {"w": 1, "wpos": 3, "wcol": 3, "wview": 3, "support": 1}
 #: Query points per nearest-neighbour search call.
@@ -136,7 +138,7 @@ def _knn_chunks(points: np.ndarray, k: int) -> Iterator[tuple[int, np.ndarray, n
     k = min(k, points.shape[0])
     for start in range(0, points.shape[0], KNN_CHUNK):
         idx, d2 = nns.knn_search(p[start : start + KNN_CHUNK], k)
-        yield start, idx.numpy().astype(np.int64), np.sqrt(d2.numpy())
+        yield start, idx.numpy(), np.sqrt(d2.numpy())  # Open3D's indices are int64 already
 
 
 def _smallest_eigenvectors(c: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -179,11 +181,12 @@ def _smallest_eigenvectors(c: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _pca_normals(points_t: torch.Tensor, nbrs: np.ndarray, use: np.ndarray | None) -> np.ndarray:
     """(m, 3) eigenvector of the smallest eigenvalue of the covariance of each point's neighbours
-    ``points[nbrs]`` (m, k), where ``use`` (m, k) (None: all); NaN for fewer than 3 neighbours.
+    ``points[nbrs]`` (m, k) (int32 or int64), where ``use`` (m, k) (None: all); NaN for fewer than 3
+    neighbours.
     ``points_t`` (3, N) float32, centred on the cloud (the covariances of millimetre neighbourhoods
     are exact to ~1e-7 m; the eigenvectors are solved in float64)."""
     m, k = nbrs.shape
-    p = points_t.index_select(1, torch.from_numpy(nbrs.reshape(-1))).view(3, m, k)
+    p = points_t.index_select(1, torch.from_numpy(np.ascontiguousarray(nbrs).reshape(-1))).view(3, m, k)
     if use is None:
         n = torch.full((m,), float(k))
         mean = p.mean(dim=2)
@@ -209,6 +212,7 @@ def outliers_and_normals(
     std_ratio: float,
     normal_neighbors: int,
     radius: float | None = None,
+    workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Statistical outlier removal and PCA normals of ``points`` (N, 3) from one neighbour search.
 
@@ -220,7 +224,8 @@ def outliers_and_normals(
     smallest eigenvalue of the neighbours' covariance, unoriented), except that the neighbours come
     from the search over all points, minus the removed ones (a removed point is isolated, so it is
     rarely anyone's neighbour; two extra neighbours are searched to make up for those); NaN where
-    fewer than 3 neighbours are left.
+    fewer than 3 neighbours are left. The normals of the search's chunks are computed ``workers`` at
+    a time (:func:`~aquamvs_core.runtime.map_in_threads`; the same normals for any number).
     """
     n = points.shape[0]
     k_sor = outlier_neighbors if 0 < outlier_neighbors < n else 0
@@ -241,15 +246,19 @@ def outliers_and_normals(
         keep = mean_dist <= threshold
     normals = np.empty((n, 3))
     points_t = torch.from_numpy(np.ascontiguousarray((points - points.mean(axis=0)).T, dtype=np.float32))
-    for start, idx, near in neighbours:
+
+    def chunk_normals(chunk: tuple[int, np.ndarray, np.ndarray | None]) -> np.ndarray:
+        _, idx, near = chunk
         use = keep[idx]
         if near is not None:
             use &= near
-        first = idx[:, :normal_neighbors]
         if use[:, :normal_neighbors].all():  # the usual case: the nearest normal_neighbors are all kept
-            normals[start : start + idx.shape[0]] = _pca_normals(points_t, first.astype(np.int64), None)
-            continue
+            return _pca_normals(points_t, idx[:, :normal_neighbors], None)
         # The first normal_neighbors usable neighbours (the search returns them nearest first).
         use &= np.cumsum(use, axis=1) <= normal_neighbors
-        normals[start : start + idx.shape[0]] = _pca_normals(points_t, idx.astype(np.int64), use)
+        return _pca_normals(points_t, idx, use)
+
+    # The chunks side by side (each computed alone, as in one thread: the same normals).
+    for (start, idx, _), found in map_in_threads(chunk_normals, neighbours, workers):
+        normals[start : start + idx.shape[0]] = found
     return keep, normals[keep]

@@ -120,6 +120,8 @@ class FusionConfig(BaseModel):
         workers: source cameras fused at once, in threads with one torch thread each (None: the
             CPU cores this process may use, at most 4, and 1 on a GPU). The cameras' points are
             merged in camera order whatever the order they finish in, so the cloud is the same.
+            The normals' chunks are also computed this many at a time (on the CPU: None gives the
+            cores there, also with a GPU device).
         device: torch device of the consistency test (the neighbour searches run on the CPU).
         view_cache_mb: prepared camera maps kept in memory at once, MB (20 bytes a pixel with an
             image: 38 MB for 1600×1200); more cameras than fit are reloaded when needed again.
@@ -303,8 +305,13 @@ def fuse_views(
     del merged
     stats["after_voxel"] = points.shape[0]
     radius = None if config.normal_radius_mm is None else config.normal_radius_mm * 1e-3
-    keep, normals = outliers_and_normals(
-        points, config.outlier_neighbors, config.outlier_std_ratio, config.normal_neighbors, radius
+    keep, normals = outliers_and_normals(  # on the CPU, whatever the device
+        points,
+        config.outlier_neighbors,
+        config.outlier_std_ratio,
+        config.normal_neighbors,
+        radius,
+        config.workers or default_workers("cpu"),
     )
     points, colors, view, support = points[keep], colors[keep], view[keep], support[keep]
     stats["after_outliers"] = points.shape[0]
