@@ -167,6 +167,14 @@ def test_vertex_colours_come_from_a_view_that_sees_the_vertex(scene, heightfield
         vertices, normals, scene.cameras, scene.images, scene.depth, scene.masks
     )
     assert np.mean(view >= 0) > 0.98
+    # Cameras scored one at a time or side by side, vertices in one chunk or many: the same choice.
+    for workers, chunk in ((1, 1 << 16), (3, 777)):
+        cfg = MeshConfig(workers=workers)
+        again = vertex_colors_from_views(
+            vertices, normals, scene.cameras, scene.images, scene.depth, scene.masks, cfg, chunk
+        )
+        np.testing.assert_array_equal(again[0], colors)
+        np.testing.assert_array_equal(again[1], view)
     counts = np.bincount(view[view >= 0], minlength=len(names))
     assert np.all(counts > 0.05 * len(view))  # every camera is the best view somewhere
     # Check the choice independently: the chosen camera's GT depth at the vertex's pixel matches.

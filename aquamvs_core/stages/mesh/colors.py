@@ -8,7 +8,7 @@ nothing hides the vertex (the vertex's ray depth matches the depth map at that p
 the most frontal one (or the most confident); cameras whose depth map has no depth there are used
 only if no camera confirms the vertex.
 
-The cameras are visited one at a time (their maps loaded through a
+The cameras are visited ``MeshConfig.workers`` at a time, in threads (their maps loaded through a
 :data:`~aquamvs_core.stages.fusion.ViewLoader`-like callable), and read with fusion's fast
 projection and witness read (:func:`~aquamvs_core.stages.fusion.project_points`,
 :func:`~aquamvs_core.stages.fusion.views.sample_view`: the same values as the generic samplers).
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from aquamvs_core.camera.refraction import RefractiveCamera
-from aquamvs_core.runtime import torch_threads
+from aquamvs_core.runtime import default_workers, map_in_threads, torch_threads
 from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.stages.fusion import FusionView
 from aquamvs_core.stages.fusion.projection import project_xyz
@@ -88,27 +88,50 @@ def vertex_colors_from_views(
     v_all = torch.from_numpy(np.ascontiguousarray(np.asarray(vertices, dtype=np.float64).T))  # (3, V)
     n_all = torch.from_numpy(np.ascontiguousarray(np.asarray(normals, dtype=np.float64).T))
     nv = v_all.shape[1]
-    best_score = torch.full((nv,), -math.inf, dtype=torch.float64)
-    best_color = torch.zeros(3, nv, dtype=torch.float32)
-    best_view = torch.full((nv,), -1, dtype=torch.int32)
     tol = config.occlusion_tol_mm * 1e-3
-    with torch.no_grad(), torch_threads(config.threads):
-        for ci, (name, cam) in enumerate(cameras.items()):
-            loaded = views(name)
-            if loaded is None or loaded.image is None:
-                continue
+
+    def camera_scores(item: tuple[str, RefractiveCamera]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Score (V,) float64 and colour (3, V) float32 of one camera for every vertex."""
+        name, cam = item
+        loaded = views(name)
+        if loaded is None or loaded.image is None:
+            return None
+        with torch.no_grad():
             view = prepare_view(name, loaded, cam, 0.0, torch.device("cpu"))
             mask = None
             if masks is not None and name in masks:
                 mask = torch.as_tensor(np.asarray(masks[name], dtype=bool)).reshape(-1)
-            for start in range(0, nv, chunk_size):
-                sl = slice(start, start + chunk_size)
-                score, color = _view_score(view, v_all[:, sl], n_all[:, sl], mask, tol, config)
-                better = score > best_score[sl]
-                best_score[sl] = torch.where(better, score, best_score[sl])
-                best_color[:, sl] = torch.where(better, color, best_color[:, sl])
-                best_view[sl] = torch.where(better, ci, best_view[sl])
-            del view
+            parts = [
+                _view_score(
+                    view,
+                    v_all[:, start : start + chunk_size],
+                    n_all[:, start : start + chunk_size],
+                    mask,
+                    tol,
+                    config,
+                )
+                for start in range(0, nv, chunk_size)
+            ]
+        return torch.cat([s for s, _ in parts]), torch.cat([c for _, c in parts], dim=1)
+
+    best_score = torch.full((nv,), -math.inf, dtype=torch.float64)
+    best_color = torch.zeros(3, nv, dtype=torch.float32)
+    best_view = torch.full((nv,), -1, dtype=torch.int32)
+    index = {name: ci for ci, name in enumerate(cameras)}
+    workers = config.workers or default_workers()
+    with torch.no_grad(), torch_threads(config.threads):
+        # Cameras side by side, compared in camera order (an earlier camera wins a tie): the same
+        # colours for any number of workers.
+        found = map_in_threads(camera_scores, list(cameras.items()), workers, in_order=True)
+        for (name, _), scored in found:
+            if scored is None:
+                continue
+            score, color = scored
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_color = torch.where(better, color, best_color)
+            best_view = torch.where(better, index[name], best_view)
+            del scored, score, color
     colors = np.clip(np.round(best_color.T.numpy()), 0, 255).astype(np.uint8)
     return colors, best_view.numpy()
 

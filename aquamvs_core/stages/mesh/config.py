@@ -37,7 +37,10 @@ class MeshConfig(BaseModel):
             ``"confidence"`` (highest depth-map confidence at the pixel).
         occlusion_tol_mm: tolerance between a vertex's ray depth and a depth map, mm. A mesh vertex
             is a smoothed estimate, so a few mm.
-        threads: torch threads while colouring (see :class:`~aquamvs_core.stages.fusion.FusionConfig`).
+        threads: torch threads while colouring with one worker (see
+            :class:`~aquamvs_core.stages.fusion.FusionConfig`).
+        workers: cameras scored at once while colouring, in threads with one torch thread each
+            (None: the CPU cores this process may use, at most 4). The colours do not depend on it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,3 +59,4 @@ class MeshConfig(BaseModel):
     view_selection: Literal["frontal", "confidence"] = "frontal"
     occlusion_tol_mm: float = Field(3.0, gt=0.0)
     threads: int | None = Field(1, ge=1)
+    workers: int | None = Field(None, ge=1)
