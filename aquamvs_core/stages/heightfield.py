@@ -328,15 +328,18 @@ def _plane_fit_at(z: np.ndarray, valid: np.ndarray, cells: np.ndarray, radius: i
 
     m0, mx, my = corr(w, 0, 0), corr(w, 1, 0), corr(w, 0, 1)
     mxx, mxy, myy = corr(w, 2, 0), corr(w, 1, 1), corr(w, 0, 2)
-    b = np.stack([corr(wz, 0, 0), corr(wz, 1, 0), corr(wz, 0, 1)], axis=-1)
-    a = np.stack([np.stack([m0, mx, my], -1), np.stack([mx, mxx, mxy], -1), np.stack([my, mxy, myy], -1)], -2)
-    mean = b[:, 0] / np.maximum(m0, 1e-300)
-    det = np.linalg.det(a)
-    ok = det > 1e-6 * np.maximum(m0, 1e-300) ** 3
-    out = mean.copy()
-    if ok.any():
-        out[ok] = np.linalg.solve(a[ok], b[ok][..., None])[:, 0, 0]
-    return out
+    b0, b1, b2 = corr(wz, 0, 0), corr(wz, 1, 0), corr(wz, 0, 1)
+    # The normal equations [[m0, mx, my], [mx, mxx, mxy], [my, mxy, myy]] c = b, solved for the
+    # plane's height at the cell, c0, by Cramer's rule on the symmetric 3×3 matrix (cofactors of the
+    # first column), element-wise over the cells.
+    c00 = mxx * myy - mxy * mxy
+    c01 = mxy * my - mx * myy
+    c02 = mx * mxy - mxx * my
+    det = m0 * c00 + mx * c01 + my * c02
+    scale = np.maximum(m0, 1e-300)
+    ok = det > 1e-6 * scale**3
+    mean = b0 / scale
+    return np.where(ok, (b0 * c00 + b1 * c01 + b2 * c02) / np.where(ok, det, 1.0), mean)
 
 
 def _fill_small_holes(

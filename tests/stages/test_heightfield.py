@@ -129,6 +129,42 @@ def test_small_holes_are_filled_and_wide_ones_and_the_rim_are_not():
     assert (filled_sigma > np.nanmedian(bed.sigma[bed.count > 0])).all()  # filled cells are less certain
 
 
+def test_hole_plane_fit_is_the_weighted_least_squares_plane():
+    """The fill's plane at each hole cell against an independent weighted least-squares solve
+    (numpy's lstsq) over the valid cells within the radius; the weighted mean where the neighbours
+    all lie on a line (no plane)."""
+    from aquamvs_core.stages.heightfield import _plane_fit_at
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(1.2, 0.003, (24, 30))
+    valid = rng.random(z.shape) > 0.45
+    valid[:, 20:] = False
+    valid[10, 20:] = True  # right of column 20, only one row: collinear neighbours
+    cells = ~valid
+    radius = 3
+    got = _plane_fit_at(np.where(valid, z, np.nan), valid, cells, radius)
+    want = []
+    for j, i in zip(*np.nonzero(cells), strict=True):
+        dj, di = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        jj, ii = j + dj, i + di
+        inside = (jj >= 0) & (jj < z.shape[0]) & (ii >= 0) & (ii < z.shape[1])
+        jj, ii, dj, di = jj[inside], ii[inside], dj[inside], di[inside]
+        use = valid[jj, ii]
+        w = np.exp(-0.5 * (dj[use] ** 2 + di[use] ** 2))
+        a = np.c_[np.ones(use.sum()), di[use], dj[use]] * np.sqrt(w)[:, None]
+        rhs = z[jj[use], ii[use]] * np.sqrt(w)
+        if use.sum() >= 3 and np.linalg.matrix_rank(a, tol=1e-6) == 3:
+            want.append(np.linalg.lstsq(a, rhs, rcond=None)[0][0])
+        else:
+            want.append(np.sum(w * z[jj[use], ii[use]]) / max(w.sum(), 1e-300) if use.any() else 0.0)
+    want = np.array(want)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    # Cell (12, 25): its only valid neighbours are on row 10 (a line): the weighted mean of those.
+    at = np.flatnonzero(np.nonzero(cells)[0] * z.shape[1] + np.nonzero(cells)[1] == 12 * z.shape[1] + 25)
+    w = np.exp(-0.5 * (4 + np.arange(-3, 4) ** 2))
+    np.testing.assert_allclose(got[at], np.sum(w * z[10, 22:29]) / w.sum(), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_blur_compensation_restores_a_sinusoid_to_the_order_of_its_steps(steps):
     """A sinusoid of amplitude A seen through a Gaussian blur σ has amplitude A·H, H = exp(-k²σ²/2);
