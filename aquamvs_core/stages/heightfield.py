@@ -230,7 +230,8 @@ def _cell_medians(flat: np.ndarray, h: np.ndarray, size: int) -> tuple[np.ndarra
     """Median of ``h`` (N,) per cell index ``flat`` (N,): (size,) medians (NaN: no point), (size,) counts."""
     order = np.lexsort((h, flat))
     k, v = flat[order], h[order]
-    uniq, start, counts = np.unique(k, return_index=True, return_counts=True)
+    start = np.flatnonzero(np.r_[k.size > 0, k[1:] != k[:-1]])  # k is sorted: its runs are the cells
+    uniq, counts = k[start], np.diff(np.r_[start, k.size])
     med = np.full(size, np.nan)
     med[uniq] = 0.5 * (v[start + (counts - 1) // 2] + v[start + counts // 2])
     count = np.zeros(size, dtype=np.int64)

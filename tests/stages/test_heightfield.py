@@ -129,6 +129,21 @@ def test_small_holes_are_filled_and_wide_ones_and_the_rim_are_not():
     assert (filled_sigma > np.nanmedian(bed.sigma[bed.count > 0])).all()  # filled cells are less certain
 
 
+def test_cell_medians_and_counts_are_numpys_per_cell():
+    from aquamvs_core.stages.heightfield import _cell_medians
+
+    rng = np.random.default_rng(8)
+    flat = rng.integers(0, 40, 500)
+    h = rng.normal(1.2, 0.01, 500)
+    med, count = _cell_medians(flat, h, 50)
+    for cell in range(50):
+        here = h[flat == cell]
+        assert count[cell] == here.size
+        assert (np.isnan(med[cell]) and here.size == 0) or med[cell] == np.median(here)
+    med, count = _cell_medians(np.zeros(0, np.int64), np.zeros(0), 3)  # no point at all
+    assert np.isnan(med).all() and (count == 0).all()
+
+
 def test_hole_plane_fit_is_the_weighted_least_squares_plane():
     """The fill's plane at each hole cell against an independent weighted least-squares solve
     (numpy's lstsq) over the valid cells within the radius; the weighted mean where the neighbours
