@@ -116,7 +116,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     Everything is validated before anything is written."""
     from aquamvs_core import steps
     from aquamvs_core.config import build_config
-    from aquamvs_core.runtime import default_workers, map_in_threads
     from aquamvs_core.store import SurveyStore
     from aquamvs_core.survey import Survey, SurveySpec
 
@@ -162,18 +161,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         keys=keys,
     )
     store = SurveyStore(spec.store, read_only=True)
-
-    def export(job: tuple[str, str]) -> list[Path]:
-        key, what = job
-        if what == "heightfield":
-            return [steps.export_heightfield(store, key, out_dir)]
-        return steps.export_frame(store, key, out_dir, args.mesh_format or ["ply"])
-
-    # Each frame's cloud and mesh files beside its heightfield file, listed in this order.
-    jobs = [(key, what) for key in run.frame_keys for what in ("cloud and mesh", "heightfield")]
-    for _, paths in map_in_threads(export, jobs, default_workers(), in_order=True):
-        for path in paths:
-            print(f"wrote {path}")
+    for path in steps.export_frames(store, run.frame_keys, out_dir, args.mesh_format or ["ply"]):
+        print(f"wrote {path}")
     for path in steps.export_changes(store, run.frame_keys, out_dir, config):
         print(f"wrote {path}")
     _print_run(run)

@@ -131,6 +131,7 @@ def _install_hooks(tracer: Tracer) -> None:
         "fused_cloud_step",
         "mesh_step",
         "heightfield_step",
+        "export_frames",
         "export_frame",
         "export_heightfield",
         "export_changes",
@@ -546,10 +547,19 @@ GROUPS = (
     ("fusion", lambda n: n == "step: fused_cloud"),
     ("mesh", lambda n: n == "step: mesh"),
     ("heightfield", lambda n: n == "step: heightfield"),
-    ("export (PLY files)", lambda n: n == "step: export_frame"),
+    # One row: the cloud, mesh and heightfield files are written side by side since 2026-12-04
+    # (export_frames; its threads' spans are listed apart, in thread-seconds).
     (
-        "export (heightfield, change files)",
-        lambda n: n in ("step: export_heightfield", "step: export_changes"),
+        "export (cloud, mesh, heightfield, change files)",
+        lambda n: (
+            n
+            in (
+                "step: export_frames",
+                "step: export_frame",
+                "step: export_heightfield",
+                "step: export_changes",
+            )
+        ),
     ),
     ("teardown", lambda n: n.startswith("teardown")),
 )
@@ -585,9 +595,9 @@ def _table(result: dict) -> list[str]:
     lines.append(
         f"| **whole process** | **{run['wall_s']:.1f}** | 100 % | | **{run['max_rss_mb']}** (kernel peak) |"
     )
-    for r in run.get("worker_rows", []):  # inside the rows above: pair workers, side by side
+    for r in run.get("worker_rows", []):  # inside the rows above: worker threads, side by side
         lines.append(
-            f"| in the pair workers: {r['name']} | {r['thread_seconds']:.2f} thread-s | | {r['calls']} | |"
+            f"| in worker threads: {r['name']} | {r['thread_seconds']:.2f} thread-s | | {r['calls']} | |"
         )
     return lines
 

@@ -4,6 +4,8 @@ the frames), plus the CLI contract and configuration."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import dagster as dg
 import numpy as np
@@ -100,6 +102,11 @@ def test_reconstruct_cli_through_dagster_meets_accuracy_bounds(survey, tmp_path,
     # frame's ingestion and by its verification (fresh decoders): 1 + 2 per frame.
     assert len(opened) == 1 + 2 * 2
     assert "quality vs ground truth (met)" in printed
+    # The files, written side by side, are listed frame by frame in a fixed order.
+    listed = [line.split("wrote ", 1)[1] for line in printed.splitlines() if line.startswith("wrote ")]
+    per_frame = ["fused_cloud.ply", "mesh.ply", "mesh.glb", "heightfield.npz"]
+    expected = [str(out / f"frame_00000{i}" / name) for i in (0, 1) for name in per_frame]
+    assert listed[:8] == expected and all(Path(p).is_file() for p in listed)
     assert "top bottlenecks (profiled stages):" in printed and printed.count("% of the time") == 3
 
     # The files of the contract, in the world frame (metres, Z down), re-loadable.

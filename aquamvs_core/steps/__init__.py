@@ -15,8 +15,9 @@ Products (under ``products/`` in the store; names: :class:`aquamvs_core.survey.P
     bed_change/<frame>/<earlier>         dz = z_frame − z_earlier and its level of detection
 
 In data-flow order: :mod:`.ingestion` (calibration, frames), :mod:`.sparse`, :mod:`.depth`,
-:mod:`.surface`, :mod:`.change`; :mod:`.common` holds the stage registry (:data:`STAGES`) and what
-they share. The bed change is not in the registry: it needs two frames (:data:`BED_CHANGE_STAGE`).
+:mod:`.surface`, :mod:`.change`, then the files of :mod:`.export`; :mod:`.common` holds the stage
+registry (:data:`STAGES`) and what they share. The bed change is not in the registry: it needs two
+frames (:data:`BED_CHANGE_STAGE`).
 """
 
 from aquamvs_core.steps.change import (
@@ -56,6 +57,7 @@ from aquamvs_core.steps.depth import (
     roma_pairwise_depths_step,
     sweep_frame_pairs,
 )
+from aquamvs_core.steps.export import export_frames
 from aquamvs_core.steps.ingestion import (
     IngestedFrame,
     ingest_frames,
@@ -105,6 +107,7 @@ __all__ = [
     "depth_range",
     "export_changes",
     "export_frame",
+    "export_frames",
     "export_heightfield",
     "fingerprint",
     "fuse_frame",
