@@ -429,8 +429,10 @@ def run_plain(args: argparse.Namespace) -> dict:
                 args.frames,
             ]
             run, wall, _ = _timed_child(cmd, ROOT, dict(os.environ, PYTHONPATH=str(ROOT)))
+            store = out / ".aquamvs" / "store.zarr"
+            if i == 0:
+                run["shape"] = frame_shape(ROOT, store)
             if spec.get("ground_truth") and i == 0:
-                store = out / ".aquamvs" / "store.zarr"
                 run["quality"] = score(ROOT, store, survey / spec["ground_truth"], args.frames, args.preset)
             runs.append(run)
             print(
@@ -461,6 +463,7 @@ def render_plain(result: dict) -> str:
         f"Machine: **{m['cpu']}**, {m['cores']} cores, {m['memory_gb']} GB, no GPU (GPU: not measured), "
         "shared with other users (load averages below); the project's defaults (pair workers: the cores, "
         "one torch thread each).",
+        *_shape_line(runs),
         "",
         "| run | wall s | user s | sys s | peak RSS MB | load (1 min) |",
         "|---|---|---|---|---|---|",
@@ -507,6 +510,25 @@ def score(code: Path, store: Path, ground_truth: Path, frames: str, preset: str)
         f"build_config({preset!r}))\n"
         "print('QUALITY' + json.dumps({k: v for k, v in r.items() if isinstance(v, (int, float, bool))}))\n"
     )
+    return _printed_json(code, script, "QUALITY")
+
+
+def frame_shape(code: Path, store: Path) -> dict:
+    """What the run reconstructed, read from its store in a process of the profiled code: the
+    cameras, their image size (width, height) and the directed pairs whose geometry it stored."""
+    script = (
+        "import json\n"
+        "from aquamvs_core.store import SurveyStore\n"
+        f"s = SurveyStore({str(store)!r}, read_only=True)\n"
+        "rig = s.read_rig()\n"
+        "print('SHAPE' + json.dumps({'cameras': len(rig.camera_names), 'image_size': list(rig.image_size), "
+        "'pairs': len(s.pair_keys())}))\n"
+    )
+    return _printed_json(code, script, "SHAPE")
+
+
+def _printed_json(code: Path, script: str, tag: str) -> dict:
+    """Run ``script`` in a process of the checkout ``code``; the JSON it prints after ``tag``."""
     out = subprocess.run(
         [sys.executable, "-c", script],
         cwd=code,
@@ -515,7 +537,7 @@ def score(code: Path, store: Path, ground_truth: Path, frames: str, preset: str)
         text=True,
         check=True,
     ).stdout
-    return json.loads(out.split("QUALITY", 1)[1])
+    return json.loads(out.split(tag, 1)[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,6 +639,18 @@ def _runs_line(result: dict) -> str:
         for r in result["runs"]
     ]
     return "; ".join(parts)
+
+
+def _shape_line(runs: list[dict]) -> list[str]:
+    """The frame's cameras, image size and directed pairs, from the first run's store (if read)."""
+    shape = next((r["shape"] for r in runs if "shape" in r), None)
+    if not shape:
+        return []
+    width, height = shape["image_size"]
+    return [
+        f"Frame: {shape['cameras']} cameras at {width}×{height}, {shape['pairs']} directed pairs "
+        "(the pair geometry in the first run's store)."
+    ]
 
 
 def _quality(result: dict) -> str:

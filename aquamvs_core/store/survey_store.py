@@ -222,6 +222,13 @@ class SurveyStore:
             raise StoreKeyError(f"{self._root}: no geometry stored for camera pair {pair_key!r}")
         return group.attrs.asdict()
 
+    def pair_keys(self) -> list[str]:
+        """Keys of the camera pairs whose geometry is stored (``ref-src``), sorted."""
+        pairs = self._group.get(PAIRS)
+        if not isinstance(pairs, zarr.Group):
+            return []
+        return sorted(name for name, group in pairs.groups() if group.attrs)
+
     # -- pipeline products -----------------------------------------------------------------------
 
     def write_product(

@@ -110,6 +110,7 @@ def test_pair_geometry(synthetic_survey_file, ns):
         result = _run(defs, CALIBRATION_JOB, instance)
     assert result.success
     store = SurveyStore(spec.store)
+    assert store.pair_keys() == sorted(pair.key for pair in pairs)
     for pair in pairs:
         geometry = store.read_pair_geometry(pair.key)
         baseline = np.linalg.norm(rig[pair.ref].center - rig[pair.src].center)

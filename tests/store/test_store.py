@@ -412,6 +412,15 @@ def test_missing_frame_and_delete(store_root):
     assert not store.has_frame("f000004")
 
 
+def test_pair_keys_lists_the_stored_pair_geometries(store_root):
+    store = SurveyStore(store_root)
+    assert store.pair_keys() == []
+    store.write_pair_geometry("cam1-cam0", {"ref": "cam1", "src": "cam0", "baseline_m": 0.2})
+    store.write_pair_geometry("cam0-cam1", {"ref": "cam0", "src": "cam1", "baseline_m": 0.2})
+    assert store.pair_keys() == ["cam0-cam1", "cam1-cam0"]
+    assert store.read_pair_geometry("cam1-cam0")["ref"] == "cam1"
+
+
 def test_store_open_errors(tmp_path, store_root):
     with pytest.raises(StoreError, match="cannot open"):
         SurveyStore(tmp_path / "missing.zarr", read_only=True)
