@@ -18,7 +18,7 @@ from aquamvs_core.camera.refraction import RefractiveCamera
 from aquamvs_core.camera.sampling import sample_flat_bilinear
 from aquamvs_core.stages.depth_map import DepthMap
 from aquamvs_core.stages.fusion import FusionConfig, FusionView, fuse_depth_maps, fuse_views, project_points
-from aquamvs_core.stages.fusion.cleanup import VOXEL_ATTRS, VoxelGrid, outliers_and_normals
+from aquamvs_core.stages.fusion.cleanup import VOXEL_ATTRS, VoxelGrid, insert_sorted, outliers_and_normals
 from aquamvs_core.stages.fusion.consistency import source_points, tile_boxes, tiles_seen
 from aquamvs_core.stages.fusion.views import prepare_view, sample_view
 
@@ -129,6 +129,24 @@ def test_voxel_grid_is_open3d_per_camera_then_all_together():
     i, j = np.lexsort(np.floor(got_pts / 0.001).T), np.lexsort(np.floor(ref_pts / 0.001).T)
     for k in VOXEL_ATTRS:
         np.testing.assert_allclose(got[k][i], ref[k][j], rtol=1e-6, atol=1e-7)
+
+
+def test_insert_sorted_is_numpys_insert():
+    rng = np.random.default_rng(4)
+    keys = np.sort(rng.choice(1000, 300, replace=False))
+    columns = rng.normal(size=(4, keys.size))
+    new_keys = np.setdiff1d(rng.choice(1200, 200, replace=False), keys)  # sorted, some past the end
+    new_columns = rng.normal(size=(4, new_keys.size))
+    at = np.searchsorted(keys, new_keys)
+    got_keys, got_columns = insert_sorted(keys, columns, at, new_keys, new_columns)
+    np.testing.assert_array_equal(got_keys, np.insert(keys, at, new_keys))
+    np.testing.assert_array_equal(got_columns, np.insert(columns, at, new_columns, axis=1))
+    assert np.all(np.diff(got_keys) > 0)
+    empty_keys, empty_columns = insert_sorted(
+        keys[:0], columns[:, :0], np.zeros(3, int), keys[:3], columns[:, :3]
+    )
+    np.testing.assert_array_equal(empty_keys, keys[:3])
+    np.testing.assert_array_equal(empty_columns, columns[:, :3])
 
 
 def _surface_with_outliers(n: int = 30000, seed: int = 5) -> np.ndarray:

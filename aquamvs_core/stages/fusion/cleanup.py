@@ -86,8 +86,7 @@ class VoxelGrid:
         hit[hit] = self._keys[at[hit]] == keys[hit]
         self._sums[:, at[hit]] += means[:, hit]
         miss = np.flatnonzero(~hit)
-        self._keys = np.insert(self._keys, at[miss], keys[miss])
-        self._sums = np.insert(self._sums, at[miss], means[:, miss], axis=1)
+        self._keys, self._sums = insert_sorted(self._keys, self._sums, at[miss], keys[miss], means[:, miss])
 
     def __len__(self) -> int:
         return int(self._keys.size) if self.voxel > 0 else sum(p.shape[1] for p in self._parts)
@@ -101,6 +100,24 @@ class VoxelGrid:
             out[k] = table[row : row + width].T
             row += width
         return out
+
+
+def insert_sorted(
+    keys: np.ndarray, columns: np.ndarray, at: np.ndarray, new_keys: np.ndarray, new_columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``np.insert`` of ``new_keys`` (m,) and ``new_columns`` (rows, m) before the positions ``at``
+    (m,), non-decreasing, of ``keys`` (n,) and ``columns`` (rows, n): the same arrays, written by
+    index in one pass each (np.insert is ~5× slower on a (12, 1.3 M) grid)."""
+    total = keys.size + at.size
+    dest = at + np.arange(at.size)
+    old = np.ones(total, dtype=bool)
+    old[dest] = False
+    old_dest = np.flatnonzero(old)
+    out_keys = np.empty(total, dtype=keys.dtype)
+    out_keys[old_dest], out_keys[dest] = keys, new_keys
+    out_columns = np.empty((columns.shape[0], total), dtype=columns.dtype)
+    out_columns[:, old_dest], out_columns[:, dest] = columns, new_columns
+    return out_keys, out_columns
 
 
 def _spread_bits(v: np.ndarray) -> np.ndarray:
